@@ -1,3 +1,56 @@
-"""marginbench: margin consistency of robust image classifiers."""
+"""marginbench: margin consistency of robust image classifiers.
+
+Python API (the CLI is a shell around the same calls)::
+
+    import marginbench
+    result = marginbench.run("model=aa_resnet18", "dataset=npz", "dataset.path=imgs.npz", n_samples=100)
+    result.summary["kendall_tau"], result.samples.head()
+    cfg = marginbench.compose(model="XU80", eps="4/255")    # the same config the CLI builds
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from marginbench.pipeline import RunResult
+
+
+def _to_overrides(overrides: tuple[str, ...], keys: dict[str, Any]) -> list[str]:
+    items = list(overrides)
+    for key, value in keys.items():
+        if value is None:
+            text = "null"
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, (list, tuple)):
+            text = "[" + ",".join(str(v) for v in value) + "]"
+        else:
+            text = str(value)
+        items.append(f"{key}={text}")
+    return items
+
+
+def compose(*overrides: str, **keys: Any) -> DictConfig:
+    """The validated config for these overrides (``"model=XU80"`` strings and/or keywords)."""
+    from marginbench import cli
+
+    items = cli.expand_model_shorthand(_to_overrides(overrides, keys))
+    cli.validate_overrides(items)
+    return cli.compose(items)
+
+
+def run(*overrides: str, run_dir: str | Path | None = None, **keys: Any) -> RunResult:
+    """Run the pipeline; returns a RunResult with ``.summary`` (dict) and ``.samples``
+    (one row per sample). Cached stages are reused exactly as by the CLI."""
+    from marginbench import pipeline
+
+    return pipeline.run(compose(*overrides, **keys), run_dir)
+
+
+__all__ = ["run", "compose", "__version__"]

@@ -1,0 +1,50 @@
+# marginbench developer and user commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Torch: any release in the pyproject range works; this one installs from the local wheel
+# cache on our CI machines. Override with `make install TORCH_SPEC="torch torchvision"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+TEST_ARGS ?=
+
+.PHONY: help install test test-all demo tables bench zoo lint clean-cache
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/marginbench: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip "setuptools<82" wheel
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	# adv-lib pulls visdom, whose source build imports pkg_resources: build it with our setuptools<82
+	$(BIN)/pip install -q --no-build-isolation visdom
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/marginbench  ## create .venv with marginbench and everything it needs
+
+test: install  ## run the default test suite (< 10 min on 2 CPU cores)
+	$(BIN)/pytest -q $(TEST_ARGS)
+
+test-all: install  ## run every test, the slow ones too
+	$(BIN)/pytest -q -m "slow or not slow" $(TEST_ARGS)
+
+demo: install  ## the whole method on the demo zoo (Fashion-MNIST, CPU, minutes): results/demo/
+	$(BIN)/python scripts/demo.py
+
+tables: install  ## rebuild Tables 1-4 and Figures 3-11 from cached runs (no model, no GPU)
+	$(BIN)/marginbench tables
+
+bench: install  ## margin estimators side by side (tightness, cost): results/bench/
+	$(BIN)/python scripts/bench_margins.py --model aa_resnet18 --data ../shared/data/cifar10_test_first100.npz --n 100
+	$(BIN)/python scripts/bench_margins.py --model fm_madry --data fashion_mnist --n 200
+
+zoo: install  ## retrain the Fashion-MNIST demo zoo (six models, CPU)
+	$(BIN)/python scripts/train_zoo.py
+
+lint: install  ## ruff
+	$(BIN)/ruff check marginbench scripts tests
+
+clean-cache:  ## delete cached artifacts (.cache/marginbench)
+	rm -rf .cache/marginbench
