@@ -1,0 +1,1 @@
+"""Hydra launcher plugin of marginbench: ``hydra/launcher=gpu_pool``."""

@@ -1,0 +1,76 @@
+"""The artifact cache: keys, atomic writes, corruption detection, resumable parts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from marginbench.cache import ArtifactStore, artifact_key, atomic_save_npz
+
+
+def test_key_depends_on_params_and_inputs_but_not_on_order():
+    a = artifact_key("margins", 1, {"name": "fab", "steps": 100}, {"model": "m", "data": "d"})
+    b = artifact_key("margins", 1, {"steps": 100, "name": "fab"}, {"data": "d", "model": "m"})
+    assert a == b
+    assert a != artifact_key("margins", 1, {"name": "fab", "steps": 101}, {"model": "m", "data": "d"})
+    assert a != artifact_key("margins", 2, {"name": "fab", "steps": 100}, {"model": "m", "data": "d"})
+    assert a != artifact_key("margins", 1, {"name": "fab", "steps": 100}, {"model": "m2", "data": "d"})
+
+
+def _put(store: ArtifactStore, key: str, values: np.ndarray) -> None:
+    store.put("stage", key, {"arrays.npz": lambda p: atomic_save_npz(p, {"v": values})}, {"note": "x"})
+
+
+def test_put_get_roundtrip_records_meta(tmp_path):
+    store = ArtifactStore(tmp_path)
+    _put(store, "k1", np.arange(5))
+    artifact = store.get("stage", "k1")
+    assert artifact is not None
+    np.testing.assert_array_equal(artifact.arrays()["v"], np.arange(5))
+    meta = artifact.meta
+    assert meta["note"] == "x" and "arrays.npz" in meta["files"] and "versions" in meta
+    assert not list((tmp_path / "stage").glob(".tmp-*")), "no temporary directory left behind"
+
+
+def test_corrupt_artifact_is_detected_and_removed(tmp_path):
+    store = ArtifactStore(tmp_path)
+    _put(store, "k1", np.arange(1000))
+    data = tmp_path / "stage" / "k1" / "arrays.npz"
+    raw = bytearray(data.read_bytes())
+    raw[-10] ^= 0xFF  # same size, different content
+    data.write_bytes(bytes(raw))
+    assert store.get("stage", "k1") is None
+    assert not (tmp_path / "stage" / "k1").exists()
+
+
+def test_directory_without_meta_is_not_trusted(tmp_path):
+    store = ArtifactStore(tmp_path)
+    partial = tmp_path / "stage" / "k2"
+    partial.mkdir(parents=True)
+    (partial / "arrays.npz").write_bytes(b"half written")
+    assert store.get("stage", "k2") is None
+
+
+def test_meta_with_wrong_file_list_is_corrupt(tmp_path):
+    store = ArtifactStore(tmp_path)
+    _put(store, "k3", np.arange(3))
+    meta_path = tmp_path / "stage" / "k3" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"]["missing.npz"] = {"size": 1, "sha256": "0"}
+    meta_path.write_text(json.dumps(meta))
+    assert store.get("stage", "k3") is None
+
+
+def test_parts_roundtrip_and_unreadable_part_is_dropped(tmp_path):
+    store = ArtifactStore(tmp_path)
+    store.save_part("margins", "k", 0, 2, {"position": np.array([0, 1])})
+    store.save_part("margins", "k", 2, 4, {"position": np.array([2, 3])})
+    (store.parts_dir("margins", "k") / "part-00000004-00000006.npz").write_bytes(b"garbage")
+    parts = store.load_parts("margins", "k")
+    assert sorted(int(p) for part in parts for p in part["position"]) == [0, 1, 2, 3]
+    assert not (store.parts_dir("margins", "k") / "part-00000004-00000006.npz").exists()
+    # completing the artifact removes the parts
+    _put(store, "k", np.arange(2))
+    store.put("margins", "k", {"arrays.npz": lambda p: atomic_save_npz(p, {"v": np.arange(2)})}, {})
+    assert not store.parts_dir("margins", "k").exists()
