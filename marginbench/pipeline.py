@@ -193,8 +193,9 @@ def model_identity(cfg: DictConfig, entry: Any, settings: RunSettings, store: Ar
 class LazyModel:
     """Loads the model on first use, so a fully cached run never needs the checkpoint."""
 
-    def __init__(self, cfg: DictConfig, settings: RunSettings) -> None:
+    def __init__(self, cfg: DictConfig, settings: RunSettings, example_input: torch.Tensor | None = None) -> None:
         self._cfg, self._settings = cfg, settings
+        self._example = example_input
         self._model: torch.nn.Module | None = None
         self._split: Any = None
 
@@ -211,7 +212,8 @@ class LazyModel:
         if self._split is None:
             from marginbench.models import split_model
 
-            self._split = split_model(self.get())
+            example = self._example.to(self._settings.device) if self._example is not None else None
+            self._split = split_model(self.get(), example_input=example)
         return self._split
 
 
@@ -593,7 +595,7 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
                              settings.data_dir, cfg.n_samples, list(cfg.indices) if cfg.indices is not None else None)
     _check_data_against_model(eval_set, entry, settings)
     store = ArtifactStore(settings.cache_dir)
-    model = LazyModel(cfg, settings)
+    model = LazyModel(cfg, settings, eval_set.images[:2])
 
     data_key = sha256_arrays(eval_set.images.numpy(), eval_set.labels.numpy(), np.asarray(eval_set.indices))[:20]
     model_id = model_identity(cfg, entry, settings, store)

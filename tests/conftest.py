@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Tiny test models gain nothing from intra-op threads, and OpenMP spin-waiting makes them up
+# to 10x slower on a busy 2-core machine; subprocesses inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
