@@ -182,7 +182,11 @@ def hydra_task(cfg: Any) -> dict[str, Any]:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     overrides = list(hydra_cfg.overrides.task)
-    status: dict[str, Any] = {"overrides": overrides, "run_dir": str(run_dir)}
+    status: dict[str, Any] = {
+        "overrides": overrides,
+        "run_dir": str(run_dir),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
     try:
         result = pipeline.run(cfg, run_dir)
         print(pipeline.human_summary(result), flush=True)
@@ -241,7 +245,11 @@ def run_hydra(overrides: list[str], multirun: bool) -> int:
         main()
     finally:
         sys.argv = saved
-    return 1 if _SWEEP_FAILURES else 0
+    # the callback lives in the module imported as "marginbench.cli", which is not this one
+    # when run as `python -m marginbench.cli`
+    from importlib import import_module
+
+    return 1 if import_module("marginbench.cli")._SWEEP_FAILURES else 0
 
 
 def _fail(message: str) -> None:

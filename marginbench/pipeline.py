@@ -224,8 +224,11 @@ class LazyModel:
 MARGIN_FIELDS = ("position", "pred", "margin", "success", "found_by", "x_adv", "n_forward", "n_backward", "seconds")
 
 
-def shard_positions(n: int, count: int) -> list[np.ndarray]:
-    return np.array_split(np.arange(n), count)
+def shard_positions(n: int, count: int, batch_size: int) -> list[np.ndarray]:
+    """Contiguous shards made of whole batches, so a sharded run attacks exactly the batches
+    an unsharded run with the same batch size would (identical results, sample for sample)."""
+    batches = np.array_split(np.arange(math.ceil(n / batch_size)), count)
+    return [np.arange(b[0] * batch_size, min((b[-1] + 1) * batch_size, n)) if b.size else np.arange(0) for b in batches]
 
 
 def _contiguous_batches(positions: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -269,7 +272,7 @@ def margin_stage(
     done = np.zeros(n, dtype=bool)
     for part in store.load_parts("margins", key):
         done[part["position"]] = True
-    shards = shard_positions(n, shard_count)
+    shards = shard_positions(n, shard_count, int(cfg.batch_size))
     if shard_index is not None:
         wanted = shards[shard_index]
     elif shard_count > 1:

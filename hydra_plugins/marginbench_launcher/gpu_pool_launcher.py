@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import cloudpickle
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
@@ -47,7 +48,14 @@ def _pin_worker(slots: Any) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
 
 
-def _execute_job(
+def _execute_job(payload: bytes) -> bytes:
+    """Run one job in a worker. In and out travel as cloudpickle bytes: Hydra's singleton
+    state holds closures (OmegaConf resolvers) that the standard pickle refuses."""
+    idx, overrides, hydra_context, config, task_function, singleton_state = cloudpickle.loads(payload)
+    return cloudpickle.dumps(_run_one(idx, overrides, hydra_context, config, task_function, singleton_state))
+
+
+def _run_one(
     idx: int,
     overrides: Sequence[str],
     hydra_context: HydraContext,
@@ -113,9 +121,8 @@ class GpuPoolLauncher(Launcher):
             for offset, overrides in enumerate(job_overrides):
                 idx = initial_job_idx + offset
                 print(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                futures.append(
-                    pool.submit(_execute_job, idx, overrides, self.hydra_context, self.config, self.task_function, singleton_state)
-                )
-            results = [future.result() for future in futures]
+                payload = cloudpickle.dumps((idx, overrides, self.hydra_context, self.config, self.task_function, singleton_state))
+                futures.append(pool.submit(_execute_job, payload))
+            results = [cloudpickle.loads(future.result()) for future in futures]
         manager.shutdown()
         return results
