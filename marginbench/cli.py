@@ -316,6 +316,8 @@ def command_tables(args: list[str]) -> int:
     parser.add_argument("--cache-dir", default=os.environ.get("MARGINBENCH_CACHE", ".cache/marginbench"))
     parser.add_argument("--out", default="results", help="output directory (tables/ and figures/ inside)")
     parser.add_argument("--reference", default=None, help="directory of the paper's reference numbers (default: results/reference)")
+    parser.add_argument("--force", action="store_true", help="redraw every per-model figure, even those newer than their run")
+    parser.add_argument("--dataset", default=None, help="only runs on this dataset")
     options = parser.parse_args(args)
     from marginbench.report import build_all
 
@@ -323,7 +325,8 @@ def command_tables(args: list[str]) -> int:
     cache_dir = Path(options.cache_dir)
     if not cache_dir.is_dir():
         _fail(f"cache directory {cache_dir} does not exist; run `marginbench run ...` first or pass --cache-dir")
-    written = build_all(cache_dir, Path(options.out), reference)
+    select = (lambda record: record.dataset == options.dataset) if options.dataset else None
+    written = build_all(cache_dir, Path(options.out), reference, force=options.force, select=select)
     print(f"wrote {len(written)} files under {options.out}")
     for path in written:
         print(f"  {path}")

@@ -9,7 +9,7 @@ and the list of the paper's models still to run) and is optional.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from marginbench.report.runs import RunRecord, load_reference, load_runs
@@ -18,17 +18,18 @@ __all__ = ["RunRecord", "build_all", "load_runs"]
 
 
 def build_all(cache_dir: Path, out_dir: Path, reference_dir: Path | None = None, *,
-              force: bool = False) -> list[Path]:
+              force: bool = False, select: Callable[[RunRecord], bool] | None = None) -> list[Path]:
     """Write Tables 1-4 (+ the 500-sample robust accuracy table) as CSV/Markdown/LaTeX and
     Figures 3-11 as PNG/PDF under ``out_dir/tables`` and ``out_dir/figures``, plus an index
     ``out_dir/REPORT.md``; return the written paths (REPORT.md last).
 
-    Per-model figures already newer than their run record are kept unless ``force``."""
+    Per-model figures already newer than their run record are kept unless ``force``.
+    ``select`` keeps only the run records it returns True for (e.g. the demo zoo's)."""
     from marginbench.report import figures, tables  # matplotlib only when building
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = load_runs(Path(cache_dir))
+    records = [r for r in load_runs(Path(cache_dir)) if select is None or select(r)]
     refs = load_reference(Path(reference_dir) if reference_dir is not None else None)
     paths = tables.build_tables(records, refs, out_dir / "tables")
     paths += figures.build_figures(records, out_dir / "figures", refs, tables.robust_acc_subset,
