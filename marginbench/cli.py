@@ -334,9 +334,35 @@ def command_tables(args: list[str]) -> int:
 
 
 def command_train(args: list[str]) -> int:
-    from marginbench.train_cli import train_command
+    """``marginbench train train=RECIPE name=NAME [FIELD=VALUE ...] [paths.model_dir=DIR]``.
 
-    return train_command(args)
+    RECIPE is a file of configs/train/; FIELD is any marginbench.train.TrainConfig field.
+    The model lands in <model_dir>/local/NAME.pt and is then usable as ``model=NAME``.
+    """
+    if not args or args[0] in ("-h", "--help"):
+        recipes = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml"))
+        print(command_train.__doc__)
+        print("recipes: " + ", ".join(recipes))
+        return 0
+    settings = {"paths.model_dir": os.environ.get("MARGINBENCH_MODEL_DIR", "models_cache"),
+                "paths.data_dir": os.environ.get("MARGINBENCH_DATA_DIR", "data"), "device": "auto"}
+    rest = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            _fail(f"expected KEY=VALUE, got {arg!r}; e.g. marginbench train train=fmnist_cnn_pgd name=my_model")
+        if key in settings:
+            settings[key] = value
+        else:
+            rest.append(arg)
+    if not any(a.startswith(("train=", "recipe=")) for a in rest):
+        _fail("say which recipe: train=RECIPE (see `marginbench train --help`)")
+    from marginbench.pipeline import resolve_device
+    from marginbench.train import run_training
+
+    path = run_training(rest, settings["paths.model_dir"], settings["paths.data_dir"], resolve_device(settings["device"]))
+    print(f"saved {path}; evaluate it with: marginbench run model={path.stem} paths.model_dir={settings['paths.model_dir']}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
