@@ -395,6 +395,7 @@ def _quiet_library_warnings() -> None:
 
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     warnings.filterwarnings("ignore", category=FutureWarning, module="robustbench")
+    warnings.filterwarnings("ignore", message=".*torch.jit.interface.* is deprecated", category=FutureWarning)
 
 
 if __name__ == "__main__":

@@ -190,12 +190,34 @@ def model_identity(cfg: DictConfig, entry: Any, settings: RunSettings, store: Ar
     return identity
 
 
+def ensure_model_available(cfg: DictConfig, entry: Any, settings: RunSettings, model: "LazyModel") -> None:
+    """Fail in seconds, before data loading or any attack, when the weights cannot be had;
+    reject a file that is not a checkpoint (an HTML page from a failed download)."""
+    from marginbench.models.loading import check_checkpoint_file, weights_url
+    from marginbench.models.registry import checkpoint_path
+
+    if entry.source == "custom":
+        if cfg.model.weights and not Path(cfg.model.weights).is_file():
+            raise MarginbenchError(f"model.weights={cfg.model.weights} does not exist; give the path of a state_dict file or drop model.weights")
+        if cfg.model.weights:
+            check_checkpoint_file(Path(cfg.model.weights))
+        return
+    weights = checkpoint_path(entry, settings.model_dir)
+    if weights is None:
+        return
+    url = weights_url(entry) if entry.source == "robustbench" else None
+    if weights.is_file():
+        check_checkpoint_file(weights, url)
+    elif entry.source == "robustbench":
+        model.get()  # downloads the checkpoint, or stops with the exact file to place
+
+
 class LazyModel:
     """Loads the model on first use, so a fully cached run never needs the checkpoint."""
 
     def __init__(self, cfg: DictConfig, settings: RunSettings, example_input: torch.Tensor | None = None) -> None:
         self._cfg, self._settings = cfg, settings
-        self._example = example_input
+        self.example_input = example_input
         self._model: torch.nn.Module | None = None
         self._split: Any = None
 
@@ -212,7 +234,7 @@ class LazyModel:
         if self._split is None:
             from marginbench.models import split_model
 
-            example = self._example.to(self._settings.device) if self._example is not None else None
+            example = self.example_input.to(self._settings.device) if self.example_input is not None else None
             self._split = split_model(self.get(), example_input=example)
         return self._split
 
@@ -594,11 +616,13 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
     entry, settings = validate(cfg)
     from marginbench.data import load_eval_set
 
+    model = LazyModel(cfg, settings)
+    ensure_model_available(cfg, entry, settings, model)
     eval_set = load_eval_set(cfg.dataset if cfg.dataset.name != "auto" else _with_dataset(cfg, settings.dataset),
                              settings.data_dir, cfg.n_samples, list(cfg.indices) if cfg.indices is not None else None)
     _check_data_against_model(eval_set, entry, settings)
     store = ArtifactStore(settings.cache_dir)
-    model = LazyModel(cfg, settings, eval_set.images[:2])
+    model.example_input = eval_set.images[:2]  # for the feature/head split's check
 
     data_key = sha256_arrays(eval_set.images.numpy(), eval_set.labels.numpy(), np.asarray(eval_set.indices))[:20]
     model_id = model_identity(cfg, entry, settings, store)

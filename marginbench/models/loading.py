@@ -213,6 +213,7 @@ def robustbench_model_dicts() -> dict:
 
 
 def _rb_spec(entry: ModelEntry) -> dict:
+    import_robustbench()  # robustbench needs the `autoattack` alias before any of its imports
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
     dicts = robustbench_model_dicts()
