@@ -306,7 +306,7 @@ def command_models(args: list[str]) -> int:
         return 0
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for row in [header, ["-" * w for w in widths], *table]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     print(f"\n{len(table)} models. Accuracies: RobustBench published values (%). Use model=CODE or model=ROBUSTBENCH_ID.")
     return 0
 

@@ -190,7 +190,7 @@ def model_identity(cfg: DictConfig, entry: Any, settings: RunSettings, store: Ar
     return identity
 
 
-def ensure_model_available(cfg: DictConfig, entry: Any, settings: RunSettings, model: "LazyModel") -> None:
+def ensure_model_available(cfg: DictConfig, entry: Any, settings: RunSettings, model: LazyModel) -> None:
     """Fail in seconds, before data loading or any attack, when the weights cannot be had;
     reject a file that is not a checkpoint (an HTML page from a failed download)."""
     from marginbench.models.loading import check_checkpoint_file, weights_url
