@@ -1,0 +1,124 @@
+"""Input-margin estimators: the smallest Lp perturbation that changes the predicted class.
+
+``build_estimator(cfg, norm)`` turns an :class:`~marginbench.config.AttackConfig` into a
+callable ``(model, x, y_pred) -> MarginBatch``. Single estimators (``ESTIMATORS``):
+
+- ``fab``          pyautoattack FAB, untargeted, unbounded eps: what the paper's authors ran
+- ``fab_targeted`` pyautoattack FAB towards each runner-up class, per-sample minimum
+- ``fmn``          adv-lib Fast Minimum-Norm (restarts > 1: warm restarts from the best point)
+- ``apgd_bisect``  adv-lib APGD with a per-sample eps search
+- ``ddn``, ``alma`` adv-lib minimum-L2 attacks (L2 only)
+
+``name: ensemble`` with ``members`` runs members and keeps the per-sample minimum. Every
+result is verified (verify.py); failures are margin +inf with success False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from marginbench.errors import MarginbenchError
+from marginbench.margins import advlib, fab
+from marginbench.margins.base import AttackSpec, Estimator, MarginBatch, MarginEstimator
+from marginbench.margins.ensemble import Ensemble
+from marginbench.margins.verify import NORMS, lp_norm, verify
+
+ESTIMATORS = {
+    "fab": fab.fab_untargeted,
+    "fab_targeted": fab.fab_targeted,
+    "fab_topk": fab.fab_topk,
+    "fmn": advlib.fmn,
+    "apgd_bisect": advlib.apgd_bisect,
+    "ddn": advlib.ddn,
+    "alma": advlib.alma,
+}
+
+# Budgets of ensemble members that have no override in the ensemble's ``options``;
+# the same values as configs/attack/<name>.yaml.
+PRESETS: dict[str, AttackSpec] = {
+    "fab": AttackSpec("fab", steps=100, restarts=5),
+    "fab_targeted": AttackSpec("fab_targeted", steps=100, restarts=1),
+    "fab_topk": AttackSpec("fab_topk", steps=100, restarts=1, options={"candidates": 3}),
+    "fmn": AttackSpec("fmn", steps=100, restarts=1),
+    "apgd_bisect": AttackSpec("apgd_bisect", steps=20, restarts=1, options={"search_steps": 10}),
+    "ddn": AttackSpec("ddn", steps=100, restarts=1),
+    "alma": AttackSpec("alma", steps=500, restarts=1),
+}
+
+MEMBER_KEYS = ("steps", "restarts", "refine", "options")
+
+# configs/attack/<DEFAULT_ATTACK>.yaml is the estimator measured best (tightness vs cost)
+DEFAULT_ATTACK = "fab_polish"
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain Python (without importing omegaconf when not needed)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return value
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    if isinstance(cfg, Mapping):
+        return _plain(cfg.get(key, default))
+    return _plain(getattr(cfg, key, default))
+
+
+def _single(name: str, spec: AttackSpec, norm: str, label: str | None = None) -> Estimator:
+    if name not in ESTIMATORS:
+        raise MarginbenchError(
+            f"unknown attack {name!r}; choose one of {', '.join(sorted(ESTIMATORS))} or ensemble"
+        )
+    if spec.steps < 1 or spec.restarts < 1:
+        raise MarginbenchError(f"attack {name}: steps and restarts must be >= 1 (got {spec.steps}, {spec.restarts})")
+    return Estimator(spec, norm, ESTIMATORS[name], label=label)
+
+
+def build_estimator(cfg: Any, norm: str) -> MarginEstimator:
+    """AttackConfig (dataclass, DictConfig or mapping) + norm (Linf | L2) -> estimator."""
+    if norm not in NORMS:
+        raise MarginbenchError(f"norm={norm!r} is not supported; use one of {', '.join(NORMS)}")
+    name = str(_get(cfg, "name", "fab"))
+    steps = int(_get(cfg, "steps", 100))
+    restarts = int(_get(cfg, "restarts", 1))
+    refine = bool(_get(cfg, "refine", False))
+    options = dict(_get(cfg, "options", {}) or {})
+    members = list(_get(cfg, "members", []) or [])
+    if name != "ensemble":
+        if members:
+            raise MarginbenchError(f"attack {name} takes no members; set name: ensemble to combine attacks")
+        return _single(name, AttackSpec(name, steps, restarts, refine, options), norm)
+    if not members:
+        raise MarginbenchError("attack=ensemble needs a non-empty members list, e.g. members: [fmn, fab]")
+    built = []
+    for member in members:
+        member = str(member)
+        override = dict(options.get(member, {}) or {})
+        unknown = set(override) - set(MEMBER_KEYS)
+        if unknown:
+            raise MarginbenchError(
+                f"ensemble member {member}: unknown keys {sorted(unknown)}; allowed: {', '.join(MEMBER_KEYS)}"
+            )
+        base_name = member.split("@", 1)[0]  # "fmn@long": a second fmn member with its own budget
+        preset = PRESETS.get(base_name, AttackSpec(base_name))
+        spec = AttackSpec(
+            base_name,
+            steps=int(override.get("steps", preset.steps)),
+            restarts=int(override.get("restarts", preset.restarts)),
+            refine=bool(override.get("refine", refine or preset.refine)),
+            options=dict(override.get("options", preset.options) or {}),
+        )
+        built.append(_single(base_name, spec, norm, label=member))
+    return Ensemble("ensemble", built, norm)
+
+
+__all__ = [
+    "DEFAULT_ATTACK", "ESTIMATORS", "PRESETS", "AttackSpec", "Ensemble", "Estimator", "MarginBatch",
+    "MarginEstimator", "build_estimator", "lp_norm", "verify",
+]

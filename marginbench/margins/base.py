@@ -1,0 +1,199 @@
+"""Common machinery of the input-margin estimators.
+
+An *attack function* proposes candidates: ``fn(model, x, y_pred, norm, spec) -> x_adv``
+(``model`` is a :class:`CountingModel`, tensors on the model's device; a sample the
+attack could not break is returned as ``x``). :class:`Estimator` wraps it with timing,
+cost accounting, the optional line-search refinement and the verification of every
+candidate, and returns a :class:`MarginBatch`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from marginbench.errors import MarginbenchError
+from marginbench.margins.counting import CountingModel, frozen_parameters
+from marginbench.margins.refine import line_search, shrink
+from marginbench.margins.verify import NORMS, verify
+
+# options consumed by marginbench itself, never passed on to a library call
+OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho")
+
+
+@dataclass
+class MarginBatch:
+    margin: np.ndarray  # float64 (B,) norm of the verified perturbation; +inf where the attack failed
+    success: np.ndarray  # bool (B,)
+    found_by: np.ndarray  # str (B,) estimator/member that found the minimum ("" on failure)
+    x_adv: torch.Tensor  # (B,C,H,W) float32 CPU; equals x where failed
+    n_forward: np.ndarray  # int64 (B,)
+    n_backward: np.ndarray  # int64 (B,)
+    seconds: np.ndarray  # float64 (B,) batch wall time / B, summed over members
+
+    def __len__(self) -> int:
+        return int(self.margin.shape[0])
+
+    @staticmethod
+    def concat(batches: Sequence[MarginBatch]) -> MarginBatch:
+        """Join the batches of one run, in order."""
+        if not batches:
+            raise ValueError("no batches to concatenate")
+        return MarginBatch(
+            margin=np.concatenate([b.margin for b in batches]),
+            success=np.concatenate([b.success for b in batches]),
+            found_by=np.concatenate([b.found_by.astype(object) for b in batches]).astype(str),
+            x_adv=torch.cat([b.x_adv for b in batches]),
+            n_forward=np.concatenate([b.n_forward for b in batches]),
+            n_backward=np.concatenate([b.n_backward for b in batches]),
+            seconds=np.concatenate([b.seconds for b in batches]),
+        )
+
+
+class MarginEstimator(Protocol):
+    name: str
+
+    def __call__(self, model: nn.Module, x: Tensor, y_pred: Tensor) -> MarginBatch: ...
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """Resolved budget of one estimator (from AttackConfig or an ensemble member override)."""
+
+    name: str
+    steps: int = 100
+    restarts: int = 1
+    refine: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return int(self.options.get("seed", 0))
+
+    @property
+    def refine_steps(self) -> int:
+        return int(self.options.get("refine_steps", 10))
+
+    @property
+    def polish_rounds(self) -> int:
+        return int(self.options.get("polish_rounds", 0))
+
+    def library_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if k not in OWN_OPTIONS}
+
+
+AttackFn = Callable[[CountingModel, Tensor, Tensor, str, AttackSpec], Tensor]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_device(model: nn.Module, x: Tensor) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return x.device
+
+
+def check_inputs(model: nn.Module, x: Tensor, y_pred: Tensor, norm: str) -> None:
+    """Cheap pre-flight checks; user-fixable problems raise MarginbenchError."""
+    if norm not in NORMS:
+        raise MarginbenchError(f"norm={norm!r} is not supported; use one of {', '.join(NORMS)}")
+    if x.ndim < 2 or y_pred.shape != (x.shape[0],):
+        raise MarginbenchError(
+            f"x must be (B, ...) and y_pred (B,), got {tuple(x.shape)} and {tuple(y_pred.shape)}"
+        )
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise MarginbenchError(
+            "inputs must lie in [0,1] (put the normalisation inside the model); "
+            f"got values in [{x.min().item():.3g}, {x.max().item():.3g}]"
+        )
+    dev = model_device(model, x)
+    if x.device != dev or y_pred.device != dev:
+        raise MarginbenchError(
+            f"x ({x.device}) and y_pred ({y_pred.device}) must be on the model's device ({dev})"
+        )
+
+
+def check_predictions(model: nn.Module, x: Tensor, y_pred: Tensor) -> None:
+    with torch.no_grad():
+        pred = model(x).argmax(dim=1)
+    bad = int((pred != y_pred).sum())
+    if bad:
+        raise MarginbenchError(
+            f"y_pred differs from the model's own prediction on {bad} of {len(x)} samples; "
+            "pass y_pred = model(x).argmax(1) (margins are distances to a change of the predicted class)"
+        )
+
+
+class Estimator:
+    """One attack + (optional) refinement + verification, with cost accounting."""
+
+    def __init__(self, spec: AttackSpec, norm: str, fn: AttackFn, label: str | None = None):
+        self.spec = spec
+        self.norm = norm
+        self.fn = fn
+        self.name = label or spec.name
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return f"Estimator({self.name}, norm={self.norm}, steps={s.steps}, restarts={s.restarts}, refine={s.refine}, options={s.options})"
+
+    def _run(self, counting: CountingModel, x: Tensor, y_pred: Tensor):
+        spec, norm = self.spec, self.norm
+        candidates = [self.fn(counting, x, y_pred, norm, spec).detach()]
+        if spec.polish_rounds > 0:
+            candidates.append(shrink(
+                counting, x, candidates[-1], y_pred, norm, rounds=spec.polish_rounds,
+                steps=int(spec.options.get("polish_steps", 5)), rho=float(spec.options.get("polish_rho", 0.05)),
+            ))
+        if spec.refine:
+            candidates.append(line_search(counting, x, candidates[-1], y_pred, steps=spec.refine_steps))
+        margin, success, x_adv = verify(counting, x, candidates[-1], y_pred, norm)
+        # a refined point can sit so close to the boundary that the verification forward
+        # (other batch composition, other rounding) disagrees: fall back to the earlier stage
+        for earlier in reversed(candidates[:-1]):
+            failed = np.flatnonzero(~success)
+            if failed.size == 0:
+                break
+            idx = torch.as_tensor(failed, device=x.device)
+            with counting.subset(idx):
+                m2, s2, x2 = verify(counting, x[idx], earlier[idx], y_pred[idx], norm)
+            margin[failed], success[failed] = m2, s2
+            x_adv[idx] = x2
+        return margin, success, x_adv
+
+    def __call__(self, model: nn.Module, x: Tensor, y_pred: Tensor, _checked: bool = False) -> MarginBatch:
+        check_inputs(model, x, y_pred, self.norm)
+        n = x.shape[0]
+        x = x.detach()
+        y_pred = y_pred.detach().long()
+        counting = CountingModel(model, n)
+        with frozen_parameters(model):
+            _sync(x.device)
+            start = time.perf_counter()
+            if n:
+                if not _checked:
+                    check_predictions(counting, x, y_pred)
+                margin, success, x_adv = self._run(counting, x, y_pred)
+            else:
+                margin, success, x_adv = np.zeros(0), np.zeros(0, bool), x
+            _sync(x.device)
+            elapsed = time.perf_counter() - start
+        return MarginBatch(
+            margin=margin.astype(np.float64),
+            success=success.astype(bool),
+            found_by=np.where(success, self.name, "").astype(str),
+            x_adv=x_adv.detach().float().cpu(),
+            n_forward=counting.forward_counts.numpy().copy(),
+            n_backward=counting.backward_counts.numpy().copy(),
+            seconds=np.full(n, elapsed / max(n, 1), dtype=np.float64),
+        )

@@ -1,0 +1,162 @@
+"""FAB (pyautoattack) adapters.
+
+``fab`` reproduces what the paper's authors ran: ``AutoAttack(model, norm, eps=np.inf,
+version='custom', attacks_to_run=['fab'])`` on the *predicted* labels. That is
+``FABAttack_PT(model, norm, n_restarts=5, n_iter=100, eps=inf, alpha_max=0.1, eta=1.05,
+beta=0.9).perturb(x, y_pred)``, untargeted. "Unbounded" works like this in pyautoattack:
+``perturb`` accepts a restart's result when it flips the label and its norm is
+``<= eps`` (never false with eps = inf); a sample on which every run fails keeps
+``x_adv = x``. Restarts only touch samples still unbroken and start from a random point at
+radius ``min(1e10, eps) / 2``, clipped to the box. marginbench records those failures as
+failures (verify.py), not margin 0.
+
+The loop over restarts below is ``FABAttack.perturb`` (untargeted branch) line by line,
+calling the library's own ``attack_single_run``; it is re-written only to tell the cost
+counter which samples each restart works on. tests/test_margins.py checks that it returns
+exactly what a direct ``FABAttack_PT(...).perturb`` call returns.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyautoattack.fab_pt import FABAttack_PT
+from torch import Tensor
+
+from marginbench.margins.base import AttackSpec
+from marginbench.margins.counting import CountingModel
+from marginbench.margins.verify import lp_norm
+
+UNBOUNDED = float("inf")
+
+
+class TopKFABAttack(FABAttack_PT):
+    """FAB whose linearisation only looks at the ``candidates`` classes with the highest
+    current logits (besides the attacked one) instead of all K.
+
+    ``attack_single_run`` only indexes the columns returned here (it picks the column with
+    the closest linearised boundary), so returning m columns instead of K is enough: the
+    trajectory is FAB's whenever FAB's choice is among the top-m runner-ups, at m backward
+    passes per step instead of K. Each column is the gradient of ``f_j - f_y`` directly.
+    """
+
+    def __init__(self, *args, candidates: int = 3, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.candidates = int(candidates)
+
+    def get_diff_logits_grads_batch(self, imgs, la):
+        im = imgs.clone().requires_grad_()
+        with torch.enable_grad():
+            y = self.predict(im)
+        u = torch.arange(imgs.shape[0], device=y.device)
+        m = max(1, min(self.candidates, y.shape[-1] - 1))
+        others = y.detach().clone()
+        others[u, la] = -float("inf")
+        cand = others.topk(m, dim=1).indices  # (B, m)
+        df = torch.empty(imgs.shape[0], m, device=imgs.device)
+        dg = torch.empty(imgs.shape[0], m, *imgs.shape[1:], device=imgs.device)
+        for k in range(m):
+            with torch.enable_grad():
+                diff = y[u, cand[:, k]] - y[u, la]
+                (g,) = torch.autograd.grad(diff.sum(), im, retain_graph=k < m - 1)
+            df[:, k] = diff.detach()
+            dg[:, k] = g
+        return df, dg
+
+
+def make_fab(model, norm: str, spec: AttackSpec, device, targeted: bool = False, cls=FABAttack_PT,
+             **extra) -> FABAttack_PT:
+    opts = spec.library_options()
+    opts.setdefault("eps", UNBOUNDED)
+    opts.update(extra)
+    return cls(
+        model,
+        norm=norm,
+        n_restarts=spec.restarts,
+        n_iter=spec.steps,
+        seed=spec.seed,
+        targeted=targeted,
+        device=device,
+        verbose=False,
+        **opts,
+    )
+
+
+def _rng(device: torch.device):
+    """Keep the library's global re-seeding from leaking into the caller's RNG streams."""
+    devices = [device] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
+def fab_untargeted(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec,
+                   fab: FABAttack_PT | None = None, accept_eps: float | None = None) -> Tensor:
+    fab = fab or make_fab(model, norm, spec, x.device)
+    accept_eps = fab.eps if accept_eps is None else accept_eps
+    adv = x.clone()
+    with _rng(x.device), torch.no_grad():
+        acc = fab._predict_fn(x).max(1)[1] == y
+        torch.random.manual_seed(fab.seed)
+        torch.cuda.random.manual_seed(fab.seed)
+        for counter in range(fab.n_restarts):
+            ind_to_fool = acc.nonzero().squeeze()
+            if len(ind_to_fool.shape) == 0:
+                ind_to_fool = ind_to_fool.unsqueeze(0)
+            if ind_to_fool.numel() == 0:
+                continue
+            x_to_fool, y_to_fool = x[ind_to_fool].clone(), y[ind_to_fool].clone()
+            with model.subset(ind_to_fool):
+                adv_curr = fab.attack_single_run(
+                    x_to_fool, y_to_fool, use_rand_start=(counter > 0), is_targeted=False
+                )
+                acc_curr = fab._predict_fn(adv_curr).max(1)[1] == y_to_fool
+            res = lp_norm(x_to_fool - adv_curr, norm).to(x.device).float()
+            acc_curr = torch.max(acc_curr, res > accept_eps)
+            ind_curr = (acc_curr == 0).nonzero().squeeze()
+            acc[ind_to_fool[ind_curr]] = 0
+            adv[ind_to_fool[ind_curr]] = adv_curr[ind_curr].clone()
+    return adv
+
+
+def fab_targeted(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec) -> Tensor:
+    """Targeted FAB towards each of the top-``n_target_classes`` runner-up classes.
+
+    Unlike AutoAttack's ``fab-t`` (which stops at the first target class that succeeds,
+    enough for robust accuracy), every target is attacked on every sample and the
+    per-sample minimum is kept: a minimal-norm estimate needs all of them. Targeted FAB
+    needs one gradient per step (of f_target - f_pred), not the full Jacobian.
+    """
+    opts = dict(spec.options)
+    with torch.no_grad():
+        n_classes = model(x[:1]).shape[1]
+    n_targets = int(opts.pop("n_target_classes", n_classes - 1))
+    n_targets = max(1, min(n_targets, n_classes - 1))
+    spec = AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts)
+    fab = make_fab(model, norm, spec, x.device, targeted=True, n_target_classes=n_targets)
+    if fab.eps == UNBOUNDED:
+        # random restarts start at radius eps/2: an infinite radius would start in a corner
+        fab.eps = {"Linf": 8 / 255, "L2": 0.5}[norm]
+    best = x.clone()
+    best_norm = torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
+    with _rng(x.device), torch.no_grad():
+        torch.random.manual_seed(fab.seed)
+        torch.cuda.random.manual_seed(fab.seed)
+        for target_class in range(2, n_targets + 2):
+            fab.target_class = target_class
+            for counter in range(fab.n_restarts):
+                adv_curr = fab.attack_single_run(x.clone(), y.clone(), use_rand_start=(counter > 0), is_targeted=True)
+                flipped = fab._predict_fn(adv_curr).max(1)[1] != y
+                res = lp_norm(adv_curr - x, norm).to(x.device)
+                better = flipped & (res > 0) & (res < best_norm)
+                best_norm = torch.where(better, res, best_norm)
+                best[better] = adv_curr[better]
+    return best
+
+
+def fab_topk(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec) -> Tensor:
+    """Untargeted FAB over the top-``candidates`` runner-up classes (options.candidates, 3)."""
+    opts = dict(spec.options)
+    candidates = int(opts.pop("candidates", 3))
+    spec = AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts)
+    fab = make_fab(model, norm, spec, x.device, cls=TopKFABAttack, candidates=candidates)
+    if spec.restarts > 1 and fab.eps == UNBOUNDED:
+        fab.eps = {"Linf": 8 / 255, "L2": 0.5}[norm]  # radius of the random restarts
+    return fab_untargeted(model, x, y, norm, spec, fab=fab, accept_eps=UNBOUNDED)

@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""Side-by-side benchmark of input-margin estimators (tightness and cost), one process.
+
+    python scripts/bench_margins.py --model aa_resnet18 --data /work/shared/data/cifar10_test_first100.npz \
+        --n 100 --norm Linf --estimators fab fmn default --out results/bench/aa_resnet18_linf.csv
+
+Estimators are names of configs/attack/<name>.yaml, optionally with overrides:
+``fmn:steps=200,refine=true,options.alpha_init=2``. Printed per estimator: median margin,
+median ratio to the best margin any estimator found on that sample, share within 1% of
+it, share at least as tight as fab (margin <= fab * (1 + 1e-4)), median ratio to fab,
+failures, forward/backward passes per sample, seconds per sample, time ratio to fab, and
+the same two for this process's CPU time (steadier than wall time on a shared machine).
+Writes the summary to --out and the per-sample margins to <out>_samples.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from marginbench.config import AttackConfig, ModelConfig
+from marginbench.margins import MarginBatch, build_estimator
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTACK_DIR = ROOT / "configs" / "attack"
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+TIGHT_RTOL = 1e-4  # "as tight as fab": margin <= fab * (1 + TIGHT_RTOL)
+
+
+def parse_value(text: str):
+    return yaml.safe_load(text)
+
+
+def load_attack(spec: str) -> tuple[str, AttackConfig]:
+    name, _, overrides = spec.partition(":")
+    path = ATTACK_DIR / f"{name}.yaml"
+    if not path.exists():
+        sys.exit(f"unknown estimator {name!r}: no {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw = {k: v for k, v in raw.items() if k != "defaults"}
+    raw["options"] = dict(raw.get("options") or {})
+    for item in filter(None, overrides.split(",")):
+        key, _, value = item.partition("=")
+        if key.startswith("options."):
+            raw["options"][key[len("options."):]] = parse_value(value)
+        else:
+            raw[key] = parse_value(value)
+    return spec, AttackConfig(**raw)
+
+
+def load_aa_resnet18(device: torch.device) -> torch.nn.Module:
+    import pyautoattack
+
+    examples = Path(pyautoattack.__file__).parent / "examples"
+    sys.path.insert(0, str(examples))
+    try:
+        from resnet import ResNet18  # pyautoattack/examples/resnet.py
+    finally:
+        sys.path.remove(str(examples))
+    model = ResNet18()
+    model.load_state_dict(torch.load(examples / "model_test.pt", map_location="cpu"))
+    return model.to(device).eval()
+
+
+def load_model(name: str, device: torch.device) -> torch.nn.Module:
+    path = Path(name)
+    if path.suffix == ".pt" and path.exists():
+        try:
+            from marginbench.models.local import load_local_checkpoint
+
+            model = load_local_checkpoint(path, device)
+            return (model[0] if isinstance(model, tuple) else model).eval()
+        except Exception as exc:  # noqa: BLE001 - fall back to plain formats
+            print(f"[bench] load_local_checkpoint failed ({exc!r}); trying TorchScript / pickled module")
+        try:
+            return torch.jit.load(str(path), map_location=device).eval()
+        except Exception:  # noqa: BLE001
+            return torch.load(path, map_location=device, weights_only=False).eval()
+    try:
+        from marginbench.models import load_model as registry_load
+
+        model_dir = Path(os.environ.get("MARGINBENCH_MODEL_DIR", "models_cache"))
+        model, _entry = registry_load(ModelConfig(kind="zoo", name=name), model_dir, device)
+        return model.eval()
+    except Exception as exc:  # noqa: BLE001 - registry not ready: built-in fallback
+        if name != "aa_resnet18":
+            sys.exit(f"cannot load model {name!r}: {exc}")
+        return load_aa_resnet18(device)
+
+
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path) as f:
+        data = f.read()
+    nd = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * nd).reshape(dims)
+
+
+def load_data(spec: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if spec == "fashion_mnist":
+        images = _idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")[:n, :, :, None]
+        labels = _idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")[:n]
+    else:
+        data = np.load(spec)
+        images, labels = data["images"][:n], data["labels"][:n]
+        if images.ndim == 3:
+            images = images[..., None]
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
+    return x, torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+
+def run_estimator(estimator, model, x, y_pred, batch_size: int) -> MarginBatch:
+    parts = [estimator(model, x[i: i + batch_size], y_pred[i: i + batch_size])
+             for i in range(0, len(x), batch_size)]
+    return MarginBatch.concat(parts)
+
+
+def summarize(results: dict[str, MarginBatch], fab_key: str | None) -> pd.DataFrame:
+    margins = np.stack([r.margin for r in results.values()])
+    best = margins.min(axis=0)
+    fab = results[fab_key].margin if fab_key else None
+    fab_seconds = results[fab_key].seconds.sum() if fab_key else np.nan
+    rows = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for name, r in results.items():
+            m = r.margin
+            has_best = np.isfinite(best)
+            row = {
+                "estimator": name,
+                "median_margin": float(np.median(m)),
+                "median_ratio_to_best": float(np.median(m[has_best] / best[has_best])) if has_best.any() else np.nan,
+                "share_within_1pct_of_best": float(np.mean(m[has_best] <= best[has_best] * 1.01)) if has_best.any() else np.nan,
+                "failures": int((~r.success).sum()),
+                "fwd_per_sample": float(r.n_forward.mean()),
+                "bwd_per_sample": float(r.n_backward.mean()),
+                "seconds_per_sample": float(r.seconds.mean()),
+            }
+            if fab is not None:
+                both = np.isfinite(m) & np.isfinite(fab)
+                row["share_as_tight_as_fab"] = float(np.mean(np.where(np.isfinite(fab), m <= fab * (1 + TIGHT_RTOL), True)))
+                row["median_ratio_to_fab"] = float(np.median(m[both] / fab[both])) if both.any() else np.nan
+                row["time_ratio_to_fab"] = float(r.seconds.sum() / fab_seconds)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="aa_resnet18", help="aa_resnet18 | path to a .pt | registry name")
+    p.add_argument("--data", default="/work/shared/data/cifar10_test_first100.npz", help="npz (uint8 NHWC images, labels) or fashion_mnist")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+    p.add_argument("--estimators", nargs="+", default=["fab", "default"],
+                   help="configs/attack names, optionally name:key=value,options.key=value")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--out", default=None, help="summary CSV (default results/bench/<model>_<norm>.csv)")
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model = load_model(args.model, device)
+    x, labels = load_data(args.data, args.n)
+    x, labels = x.to(device), labels.to(device)
+    with torch.no_grad():
+        y_pred = torch.cat([model(x[i: i + args.batch_size]).argmax(1) for i in range(0, len(x), args.batch_size)])
+    print(f"[bench] model={args.model} data={args.data} n={len(x)} norm={args.norm} device={device} "
+          f"accuracy={(y_pred == labels).float().mean().item():.3f} threads={torch.get_num_threads()}")
+
+    results: dict[str, MarginBatch] = {}
+    cpu_seconds: dict[str, float] = {}
+    for spec in args.estimators:
+        label, cfg = load_attack(spec)
+        estimator = build_estimator(cfg, args.norm)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        results[label] = run_estimator(estimator, model, x, y_pred, args.batch_size)
+        cpu_seconds[label] = time.process_time() - cpu_start
+        print(f"[bench] {label}: {time.perf_counter() - start:.1f}s wall, {cpu_seconds[label]:.1f}s CPU  {estimator!r}", flush=True)
+
+    fab_key = next((k for k in results if k == "fab"), None)
+    table = summarize(results, fab_key)
+    # CPU time of this process: on a shared machine wall time swings with other users' load
+    table["cpu_seconds_per_sample"] = [cpu_seconds[k] / len(x) for k in results]
+    if fab_key:
+        table["cpu_time_ratio_to_fab"] = [cpu_seconds[k] / cpu_seconds[fab_key] for k in results]
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", 30)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+    model_tag = Path(args.model).stem
+    out = Path(args.out or ROOT / "results" / "bench" / f"{model_tag}_{args.norm}.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.insert(0, "model", args.model)
+    table.insert(1, "norm", args.norm)
+    table.insert(2, "n", len(x))
+    table.to_csv(out, index=False)
+    per_sample = pd.DataFrame({"index": np.arange(len(x)), "label": labels.cpu().numpy(), "pred": y_pred.cpu().numpy()})
+    for name, r in results.items():
+        per_sample[f"margin[{name}]"] = r.margin
+        per_sample[f"found_by[{name}]"] = r.found_by
+        per_sample[f"n_forward[{name}]"] = r.n_forward
+        per_sample[f"n_backward[{name}]"] = r.n_backward
+        per_sample[f"seconds[{name}]"] = r.seconds
+    per_sample.to_csv(out.with_name(out.stem + "_samples.csv"), index=False)
+    print(f"[bench] wrote {out} and {out.with_name(out.stem + '_samples.csv')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""Input-margin estimators: closed-form oracles, FAB parity, verification, costs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from pyautoattack.fab_pt import FABAttack_PT
+from torch import nn
+
+from marginbench.config import AttackConfig
+from marginbench.errors import MarginbenchError
+from marginbench.margins import DEFAULT_ATTACK, ESTIMATORS, MarginBatch, build_estimator, verify
+from marginbench.margins.counting import CountingModel
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTACK_DIR = ROOT / "configs" / "attack"
+
+
+def attack_config(name: str, **overrides) -> AttackConfig:
+    raw = yaml.safe_load((ATTACK_DIR / f"{name}.yaml").read_text())
+    raw.update(overrides)
+    return AttackConfig(**raw)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+D_SHAPE = (3, 4, 4)
+K = 10
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """nn.Linear on flattened inputs, inputs well inside the box, closed-form margins."""
+    torch.manual_seed(0)
+    d = int(np.prod(D_SHAPE))
+    lin = nn.Linear(d, K)
+    with torch.no_grad():  # f(x) = W (x - 0.5): predictions spread over the classes
+        lin.weight.normal_()
+        lin.bias.copy_(-0.5 * lin.weight.sum(1))
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    x = 0.4 + 0.2 * torch.rand(12, *D_SHAPE)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, lin, x, y
+
+
+def exact_margin(lin: nn.Linear, model: nn.Module, x, y, norm: str) -> np.ndarray:
+    """min_j (f_y - f_j) / ||w_y - w_j||_q, q the dual norm (1 for Linf, 2 for L2)."""
+    W, q = lin.weight.detach().double(), (1 if norm == "Linf" else 2)
+    with torch.no_grad():
+        f = model(x).double()
+    out = []
+    for i in range(len(x)):
+        yi = int(y[i])
+        out.append(min(
+            float((f[i, yi] - f[i, j]) / torch.linalg.vector_norm(W[yi] - W[j], ord=q))
+            for j in range(K) if j != yi
+        ))
+    return np.array(out)
+
+
+class ConstantModel(nn.Module):
+    """Same logits whatever the input (a zero-gradient function of x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.linspace(1.0, 0.0, K))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], K) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, K)
+    ).eval()
+
+
+# ----------------------------------------------------------------------------- oracles
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+@pytest.mark.parametrize("name", [DEFAULT_ATTACK, "fab"])
+def test_linear_closed_form(linear, norm, name):
+    model, lin, x, y = linear
+    exact = exact_margin(lin, model, x, y, norm)
+    assert exact.max() < 0.2  # the closest boundary point lies inside the box
+    res = build_estimator(attack_config(name), norm)(model, x, y)
+    assert res.success.all()
+    ratio = res.margin / exact
+    assert (ratio >= 1 - 1e-4).all(), ratio  # an upper bound: never below the exact margin
+    assert (ratio <= 1.01).all(), ratio  # within 1% on every sample
+
+
+def test_fab_is_the_library_call(linear):
+    """attack=fab returns exactly what FABAttack_PT(eps=inf).perturb(x, y_pred) returns."""
+    model = small_cnn()
+    x = torch.rand(6, *D_SHAPE)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    cfg = attack_config("fab", steps=15)
+    res = build_estimator(cfg, "Linf")(model, x, y)
+    direct = FABAttack_PT(model, norm="Linf", n_restarts=cfg.restarts, n_iter=15, eps=float("inf"),
+                          seed=0, device=x.device).perturb(x, y)
+    ref = (direct - x).abs().flatten(1).amax(1).double().numpy()
+    assert res.success.all()
+    np.testing.assert_array_equal(res.x_adv.numpy(), direct.numpy())
+    np.testing.assert_allclose(res.margin, ref, rtol=1e-6)
+
+
+def test_fab_restarts_match_library_on_failures():
+    """With a model FAB cannot break, perturb() keeps x; marginbench records failures."""
+    model = ConstantModel()
+    x = torch.rand(3, *D_SHAPE)
+    y = model(x).argmax(1)
+    cfg = attack_config("fab", steps=3, restarts=2)
+    res = build_estimator(cfg, "Linf")(model, x, y)
+    direct = FABAttack_PT(model, norm="Linf", n_restarts=2, n_iter=3, eps=float("inf"), seed=0).perturb(x, y)
+    assert torch.equal(direct, x)  # the authors' code would store margin 0 here
+    assert not res.success.any() and np.isinf(res.margin).all()
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def test_verify_rejects_non_flipping_and_out_of_box(linear):
+    model, _, x, y = linear
+    fake = x + 1e-3  # far too small to flip anything
+    margin, success, x_out = verify(model, x, fake, y, "Linf")
+    assert not success.any() and np.isinf(margin).all() and torch.equal(x_out, x)
+    # a flipping point outside [0,1] is rejected too
+    w = 50.0 * torch.randn_like(x)
+    with torch.no_grad():
+        flips = model(x + w).argmax(1) != y
+    assert flips.any()
+    margin, success, _ = verify(model, x, x + w, y, "Linf")
+    assert not success.any()
+    # an in-box flipping point is accepted, margin recomputed in float64
+    x2 = torch.zeros_like(x)
+    with torch.no_grad():
+        ok = model(x2).argmax(1) != y
+    margin, success, _ = verify(model, x, x2, y, "Linf")
+    assert (success == ok.numpy()).all()
+    np.testing.assert_allclose(margin[success], x.double().flatten(1).amax(1).numpy()[success])
+
+
+@pytest.mark.parametrize("name", [DEFAULT_ATTACK, "fab", "fmn"])
+def test_constant_model_all_failures(name):
+    model = ConstantModel()
+    x = torch.rand(4, *D_SHAPE)
+    y = model(x).argmax(1)
+    cfg = attack_config(name, steps=5)
+    if cfg.name == "ensemble":
+        cfg.options = {m: {"steps": 5} for m in cfg.members}
+    res = build_estimator(cfg, "Linf")(model, x, y)
+    assert not res.success.any()
+    assert np.isinf(res.margin).all()  # never 0
+    assert (res.found_by == "").all()
+    assert torch.equal(res.x_adv, x)
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+
+def test_ensemble_takes_per_sample_minimum(linear):
+    model, _, x, y = linear
+    members = {"fmn": {"steps": 10}, "fab_topk": {"steps": 10}}
+    ens = build_estimator(AttackConfig(name="ensemble", members=list(members), options=members), "Linf")
+    res = ens(model, x, y)
+    singles = {m: build_estimator(AttackConfig(name=m, **o), "Linf")(model, x, y) for m, o in members.items()}
+    stacked = np.stack([singles[m].margin for m in members])
+    np.testing.assert_array_equal(res.margin, stacked.min(0))
+    winner = np.array(list(members))[stacked.argmin(0)]
+    assert (res.found_by == winner).all()
+    # costs add up (plus the ensemble's own prediction check)
+    np.testing.assert_array_equal(res.n_backward, sum(s.n_backward for s in singles.values()))
+    assert (res.n_forward == sum(s.n_forward for s in singles.values()) - 1).all()
+    # both members matter on this problem (otherwise the test proves little)
+    assert len(set(res.found_by)) >= 1
+
+
+# ----------------------------------------------------------------------------- costs
+
+
+def test_counting_model_counts_rows_calls_and_subsets():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    cm = CountingModel(model, 5)
+    x = torch.rand(5, 4, requires_grad=True)
+    with torch.no_grad():
+        cm(x)
+    out = cm(x)
+    torch.autograd.grad(out.sum(), x, retain_graph=True)
+    out.backward(torch.ones_like(out))
+    assert cm.forward_counts.tolist() == [2] * 5
+    assert cm.backward_counts.tolist() == [2] * 5
+    with cm.subset(torch.tensor([1, 3])):
+        cm(x[[1, 3]])
+        with cm.subset(torch.tensor([1])):  # nested: sample 3
+            cm(x[[3]])
+        cm(x[:1])  # 1 row for 2 active samples: spread, first one gets it
+    assert cm.forward_counts.tolist() == [2, 4, 2, 4, 2]
+
+
+def test_fab_cost_accounting(linear):
+    """FAB untargeted, S steps, one restart that succeeds: forward = 2S + 5 per sample
+    (check, perturb's accuracy, run's own prediction, S x (gradients + label check),
+    final check, verification); backward = S * K (the Jacobian, one pass per class)."""
+    model, _, x, y = linear
+    steps = 7
+    res = build_estimator(AttackConfig(name="fab", steps=steps, restarts=1), "Linf")(model, x, y)
+    assert res.success.all()
+    assert (res.n_forward == 2 * steps + 5).all()
+    assert (res.n_backward == steps * K).all()
+    assert (res.seconds > 0).all()
+    fmn = build_estimator(AttackConfig(name="fmn", steps=steps), "Linf")(model, x, y)
+    assert (fmn.n_forward == steps + 2).all() and (fmn.n_backward == steps).all()
+
+
+def test_margin_batch_concat(linear):
+    model, _, x, y = linear
+    est = build_estimator(AttackConfig(name="fmn", steps=5), "L2")
+    joined = MarginBatch.concat([est(model, x[:5], y[:5]), est(model, x[5:], y[5:])])
+    assert len(joined) == len(x) and joined.x_adv.shape == x.shape
+    assert joined.margin.dtype == np.float64 and joined.n_forward.dtype == np.int64
+
+
+# ----------------------------------------------------------------------------- configs and errors
+
+
+@pytest.mark.parametrize("path", sorted(ATTACK_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_attack_configs_build(path, linear):
+    raw = yaml.safe_load(path.read_text())
+    cfg = AttackConfig(**raw)
+    norm = "L2" if cfg.name in ("ddn", "alma") else "Linf"
+    est = build_estimator(cfg, norm)
+    assert callable(est)
+    assert cfg.name in ESTIMATORS or cfg.name == "ensemble"
+
+
+def test_errors(linear):
+    model, _, x, y = linear
+    with pytest.raises(MarginbenchError):
+        build_estimator(AttackConfig(name="nope"), "Linf")
+    with pytest.raises(MarginbenchError):
+        build_estimator(AttackConfig(name="fmn"), "L1")
+    with pytest.raises(MarginbenchError):
+        build_estimator(AttackConfig(name="ensemble"), "Linf")
+    with pytest.raises(MarginbenchError):
+        build_estimator(AttackConfig(name="ddn"), "Linf")(model, x, y)
+    with pytest.raises(MarginbenchError):  # y_pred must be the model's own prediction
+        build_estimator(AttackConfig(name="fmn", steps=2), "Linf")(model, x, (y + 1) % K)
+    with pytest.raises(MarginbenchError):  # inputs outside [0,1]
+        build_estimator(AttackConfig(name="fmn", steps=2), "Linf")(model, x * 3, y)
+
+
+@pytest.mark.parametrize("name", ["ddn", "alma", "apgd_bisect", "fab_targeted"])
+def test_other_estimators_linear_l2(linear, name):
+    """Library estimators find verified upper bounds on the exact margin."""
+    model, lin, x, y = linear
+    exact = exact_margin(lin, model, x, y, "L2")
+    steps = {"ddn": 100, "alma": 100, "apgd_bisect": 10, "fab_targeted": 20}[name]
+    # DDN changes its norm by 5% a step: start it near the scale of these margins
+    options = {"init_norm": 0.02} if name == "ddn" else {}
+    res = build_estimator(attack_config(name, steps=steps, options=options), "L2")(model, x[:4], y[:4])
+    assert res.success.all()
+    assert (res.margin >= exact[:4] * (1 - 1e-4)).all()
+    if name != "alma":  # ALMA needs ~1000 steps to converge; here only validity is checked
+        assert (res.margin <= exact[:4] * 2.0).all()
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.slow
+def test_default_breaks_aa_resnet18_within_8_255():
+    """The standard ResNet-18 shipped with pyautoattack: PGD at 8/255 breaks all images."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_margins
+
+    model = bench_margins.load_aa_resnet18(torch.device("cpu"))
+    x, _ = bench_margins.load_data("/work/shared/data/cifar10_test_first100.npz", 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = build_estimator(attack_config(DEFAULT_ATTACK), "Linf")(model, x, y)
+    assert res.success.all() and (res.margin <= 8 / 255).all()
