@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from marginbench.config import CONFIG_DIR
 from marginbench.errors import MarginbenchError
 
 log = logging.getLogger("marginbench")
 
-CONFIG_DIR = Path(os.environ.get("MARGINBENCH_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 
 USAGE = """\
 marginbench: margin consistency of robust image classifiers (NeurIPS 2024 reproduction)

@@ -9,11 +9,15 @@ parsed by :func:`parse_eps`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from marginbench.errors import MarginbenchError
+
+# The Hydra config tree (configs/ at the repository root; MARGINBENCH_CONFIG_DIR overrides).
+CONFIG_DIR = Path(__import__("os").environ.get("MARGINBENCH_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 
 
 @dataclass
@@ -105,6 +109,23 @@ def register_configs() -> None:
     cs.store(group="attack", name="attack_schema", node=AttackConfig)
     cs.store(group="pseudo", name="pseudo_schema", node=PseudoConfig)
     cs.store(group="paths", name="paths_schema", node=PathsConfig)
+
+
+def attack_label(attack: Any) -> str:
+    """The configs/attack preset this attack config equals (e.g. fab_polish), else its
+    estimator name with "(modified)": summaries say which estimator really ran."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(attack, resolve=True) if OmegaConf.is_config(attack) else dict(attack)
+    defaults = {"members": [], "steps": 100, "restarts": 1, "refine": False, "options": {}}
+    for path in sorted((CONFIG_DIR / "attack").glob("*.yaml")):
+        preset = {**defaults, **(yaml.safe_load(path.read_text()) or {})}
+        if all(preset.get(k) == values.get(k) for k in ("name", "members", "steps", "restarts", "refine")) and (
+            (preset.get("options") or {}) == (values.get("options") or {})
+        ):
+            return path.stem
+    return f"{values.get('name')} (modified)"
 
 
 def parse_eps(value: str | float | int) -> float:

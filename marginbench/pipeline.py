@@ -36,7 +36,7 @@ from marginbench.cache import (
     sha256_arrays,
     sha256_file,
 )
-from marginbench.config import MarginbenchConfig, parse_eps
+from marginbench.config import MarginbenchConfig, attack_label, parse_eps
 from marginbench.errors import MarginbenchError
 
 log = logging.getLogger("marginbench")
@@ -46,7 +46,7 @@ log = logging.getLogger("marginbench")
 MARGINS_VERSION = 1
 OUTPUTS_VERSION = 1
 PSEUDO_VERSION = 1
-RUNS_VERSION = 1
+RUNS_VERSION = 2  # 2: summary "attack" names the preset
 
 DEFAULT_EPS = {("Linf", "fashion_mnist"): "0.1", ("Linf", "imagenet"): "4/255", ("L2", None): "0.5"}
 
@@ -740,7 +740,7 @@ def _summary(
         "eps": settings.eps,
         "eps_text": settings.eps_text,
         "n_samples": int(len(samples)),
-        "attack": cfg.attack.name,
+        "attack": attack_label(cfg.attack),
         "attack_config": OmegaConf.to_container(cfg.attack, resolve=True),
         "clean_accuracy_published": entry.clean_acc / 100 if entry.clean_acc is not None else None,
         "robust_accuracy_published": entry.robust_acc / 100 if entry.robust_acc is not None else None,

@@ -25,7 +25,7 @@ def main() -> int:
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "demo")
     parser.add_argument("--cache-dir", default=os.environ.get("MARGINBENCH_CACHE", str(REPO / ".cache" / "marginbench")))
-    parser.add_argument("--pseudo-train", type=int, default=2000, help="held-out training images for the pseudo-margin")
+    parser.add_argument("--pseudo-train", type=int, default=1000, help="held-out training images for the pseudo-margin")
     parser.add_argument("overrides", nargs="*", help="extra KEY=VALUE overrides for every run (e.g. attack=fab)")
     options = parser.parse_args()
 
