@@ -496,14 +496,15 @@ def pseudo_stage(
         train_outputs[feature], train_margins["margin"], cfg.pseudo, settings.device, int(cfg.seed)
     )
     prediction = np.asarray(learner.predict(test_outputs[feature]), dtype=np.float64)
-    history = getattr(learner, "history", {})
-    state = {f"state/{name}": value.detach().cpu().numpy() for name, value in learner.state_dict().items()}
-    arrays = {"test_prediction": prediction, **state}
+    state = learner.state_dict()
+    # network weights as arrays; the rest (scales, normalisation, config) is small plain data
+    arrays = {"test_prediction": prediction, **{f"network/{k}": v.numpy() for k, v in state["network"].items()}}
     info = {
         "variant": cfg.pseudo.variant,
         "n_train": int(len(holdout.labels)),
         "n_train_failures": int((~train_margins["success"]).sum()),
-        "history": _clean_floats(history) if isinstance(history, dict) else None,
+        "learner": _clean_floats({k: v for k, v in state.items() if k not in ("network", "history")}),
+        "history": _clean_floats(state.get("history")),
     }
     return store.put("pseudo", key, {"arrays.npz": lambda path: atomic_save_npz(path, arrays)}, {**meta, "pseudo": info})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -162,3 +163,29 @@ def test_config_errors_are_one_line_and_write_nothing(tmp_path, override, expect
     assert "Traceback" not in result.stderr + result.stdout
     assert not cache.exists()
     assert not (tmp_path / "outputs").exists()
+
+
+def test_summary_metrics_recompute_from_samples_csv_with_plain_scipy_sklearn(npz_data, tmp_path):
+    """A user recomputing the headline numbers from samples.csv gets summary.json's values."""
+    from scipy.stats import kendalltau
+    from sklearn.metrics import auc, precision_recall_curve, roc_auc_score, roc_curve
+
+    first = marginbench.run(*tiny_overrides(npz_data, tmp_path / "cache"))
+    eps = float(np.median(first.samples["input_margin"]))  # both classes present at this eps
+    marginbench.run(*tiny_overrides(npz_data, tmp_path / "cache", f"eps={eps}"), run_dir=tmp_path / "run")
+    samples = pd.read_csv(tmp_path / "run" / "samples.csv")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    d_in, d_out = samples["input_margin"].to_numpy(), samples["logit_margin"].to_numpy()
+    positive = (samples["attack_success"] & (samples["input_margin"] <= summary["eps"])).to_numpy()
+    assert 0 < positive.sum() < len(positive), "the test needs both classes"
+    assert summary["kendall_tau"] == pytest.approx(kendalltau(d_out, d_in).statistic, abs=1e-12)
+    assert summary["auroc"] == pytest.approx(roc_auc_score(positive, -d_out), abs=1e-12)
+    precision, recall, _ = precision_recall_curve(positive, -d_out)
+    assert summary["aupr"] == pytest.approx(auc(recall, precision), abs=1e-12)
+    fpr, tpr, thresholds = roc_curve(positive, -d_out, drop_intermediate=False)
+    # the authors' FPR@95: at the lowest TPR >= 0.95, the largest FPR reached with that TPR
+    reached = tpr >= 0.95
+    fpr95 = fpr[reached & (tpr == tpr[reached].min())].max()
+    assert summary["fpr_at_95"] == pytest.approx(fpr95, abs=1e-12)
+    assert summary["clean_accuracy"] == pytest.approx(samples["correct"].mean())
+    assert summary["robust_accuracy_attack"] == pytest.approx(samples["robust_correct"].mean())
