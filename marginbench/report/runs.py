@@ -78,8 +78,11 @@ class RunRecord:
 
     @property
     def key(self) -> tuple[str, str, str, str, float]:
+        """One table row per (model, dataset, norm, margins, eps): records of the same cached
+        margins written by different versions of the metrics stage collapse to the latest."""
         eps = self.eps
-        return (self.code, self.dataset, self.norm, self.attack, round(eps, 9) if math.isfinite(eps) else eps)
+        margins = (self.summary.get("keys") or {}).get("margins") or self.attack
+        return (self.code, self.dataset, self.norm, margins, round(eps, 9) if math.isfinite(eps) else eps)
 
     @property
     def tau(self) -> float:
