@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from marginbench.config import AttackConfig, ModelConfig
-from marginbench.margins import MarginBatch, build_estimator
+from marginbench.margins import DEFAULT_ATTACK, MarginBatch, build_estimator
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACK_DIR = ROOT / "configs" / "attack"
@@ -124,6 +124,43 @@ def run_estimator(estimator, model, x, y_pred, batch_size: int) -> MarginBatch:
     return MarginBatch.concat(parts)
 
 
+def write_samples(path: Path, labels, y_pred, results: dict[str, MarginBatch], cpu_seconds: dict[str, float]) -> None:
+    per_sample = pd.DataFrame({"index": np.arange(len(labels)), "label": labels.cpu().numpy(), "pred": y_pred.cpu().numpy()})
+    for name, r in results.items():
+        per_sample[f"margin[{name}]"] = r.margin
+        per_sample[f"found_by[{name}]"] = r.found_by
+        per_sample[f"n_forward[{name}]"] = r.n_forward
+        per_sample[f"n_backward[{name}]"] = r.n_backward
+        per_sample[f"seconds[{name}]"] = r.seconds
+        per_sample[f"cpu_seconds[{name}]"] = cpu_seconds[name] / len(labels)
+    tmp = path.with_suffix(".tmp")
+    per_sample.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def load_samples(path: Path, n: int) -> dict[str, tuple[MarginBatch, float]]:
+    """Estimators already in a per-sample CSV of the same size (for --resume)."""
+    if not path.exists():
+        return {}
+    df = pd.read_csv(path, keep_default_na=False)
+    if len(df) != n:
+        return {}
+    found = {}
+    for col in df.columns:
+        if col.startswith("margin["):
+            name = col[len("margin["):-1]
+            margin = df[col].astype(float).to_numpy()
+            found[name] = (MarginBatch(
+                margin=margin, success=np.isfinite(margin),
+                found_by=df[f"found_by[{name}]"].astype(str).to_numpy(),
+                x_adv=torch.empty(0),
+                n_forward=df[f"n_forward[{name}]"].to_numpy(np.int64),
+                n_backward=df[f"n_backward[{name}]"].to_numpy(np.int64),
+                seconds=df[f"seconds[{name}]"].to_numpy(np.float64),
+            ), float(df[f"cpu_seconds[{name}]"].sum()))
+    return found
+
+
 def summarize(results: dict[str, MarginBatch], fab_key: str | None) -> pd.DataFrame:
     margins = np.stack([r.margin for r in results.values()])
     best = margins.min(axis=0)
@@ -159,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="/work/shared/data/cifar10_test_first100.npz", help="npz (uint8 NHWC images, labels) or fashion_mnist")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
-    p.add_argument("--estimators", nargs="+", default=["fab", "default"],
+    p.add_argument("--estimators", nargs="+", default=["fab", DEFAULT_ATTACK],
                    help="configs/attack names, optionally name:key=value,options.key=value")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--resume", action="store_true", help="reuse estimators already in <out>_samples.csv")
     p.add_argument("--out", default=None, help="summary CSV (default results/bench/<model>_<norm>.csv)")
     args = p.parse_args(argv)
 
@@ -178,15 +216,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] model={args.model} data={args.data} n={len(x)} norm={args.norm} device={device} "
           f"accuracy={(y_pred == labels).float().mean().item():.3f} threads={torch.get_num_threads()}")
 
+    model_tag = Path(args.model).stem
+    out = Path(args.out or ROOT / "results" / "bench" / f"{model_tag}_{args.norm}.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    samples_path = out.with_name(out.stem + "_samples.csv")
     results: dict[str, MarginBatch] = {}
     cpu_seconds: dict[str, float] = {}
+    done = load_samples(samples_path, len(x)) if args.resume else {}
     for spec in args.estimators:
         label, cfg = load_attack(spec)
+        if label in done:
+            results[label], cpu_seconds[label] = done[label]
+            print(f"[bench] {label}: reused from {samples_path}", flush=True)
+            continue
         estimator = build_estimator(cfg, args.norm)
         start, cpu_start = time.perf_counter(), time.process_time()
         results[label] = run_estimator(estimator, model, x, y_pred, args.batch_size)
         cpu_seconds[label] = time.process_time() - cpu_start
         print(f"[bench] {label}: {time.perf_counter() - start:.1f}s wall, {cpu_seconds[label]:.1f}s CPU  {estimator!r}", flush=True)
+        # written after every estimator: a killed run keeps what it finished (--resume)
+        write_samples(samples_path, labels, y_pred, results, cpu_seconds)
 
     fab_key = next((k for k in results if k == "fab"), None)
     table = summarize(results, fab_key)
@@ -198,22 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     pd.set_option("display.max_columns", 30)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
-    model_tag = Path(args.model).stem
-    out = Path(args.out or ROOT / "results" / "bench" / f"{model_tag}_{args.norm}.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
     table.insert(0, "model", args.model)
     table.insert(1, "norm", args.norm)
     table.insert(2, "n", len(x))
     table.to_csv(out, index=False)
-    per_sample = pd.DataFrame({"index": np.arange(len(x)), "label": labels.cpu().numpy(), "pred": y_pred.cpu().numpy()})
-    for name, r in results.items():
-        per_sample[f"margin[{name}]"] = r.margin
-        per_sample[f"found_by[{name}]"] = r.found_by
-        per_sample[f"n_forward[{name}]"] = r.n_forward
-        per_sample[f"n_backward[{name}]"] = r.n_backward
-        per_sample[f"seconds[{name}]"] = r.seconds
-    per_sample.to_csv(out.with_name(out.stem + "_samples.csv"), index=False)
-    print(f"[bench] wrote {out} and {out.with_name(out.stem + '_samples.csv')}")
+    write_samples(samples_path, labels, y_pred, results, cpu_seconds)
+    print(f"[bench] wrote {out} and {samples_path}")
     return 0
 
 
