@@ -14,6 +14,7 @@ the sizes and hashes recorded in its meta.json is treated as corrupt: deleted an
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -83,18 +84,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
