@@ -17,15 +17,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import socket
 import sys
-import threading
 import warnings
 from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -33,10 +30,9 @@ from torch import nn
 from marginbench.config import ModelConfig
 from marginbench.errors import MarginbenchError
 from marginbench.models.registry import NUM_CLASSES, ModelEntry, checkpoint_path, resolve_model
+from marginbench.network import NETWORK_TIMEOUT_S, url_reachable
 
 GDRIVE_URL = "https://drive.google.com/uc?id={}"
-NETWORK_TIMEOUT_S = 3.0
-OFFLINE_ENV = "MARGINBENCH_OFFLINE"  # set to 1: never try to download weights
 
 # Objects some published checkpoints carry next to their tensors (training args, numpy
 # scalars such as a best accuracy). Allowed for weights_only loading: they hold data, no code.
@@ -110,25 +106,7 @@ def torch_load_weights(path: Path, url: str | None = None) -> Any:
 
 def network_available(url: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
     """Can the host of ``url`` be reached within ``timeout`` seconds (DNS + TCP connect)?"""
-    if os.environ.get(OFFLINE_ENV, "").strip() not in ("", "0", "false", "False"):
-        return False
-    host = urlparse(url).hostname
-    if not host:
-        return False
-    result = {"ok": False}
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, 443), timeout=timeout):
-                result["ok"] = True
-        except OSError:
-            pass
-
-    # getaddrinfo ignores socket timeouts; a daemon thread bounds the whole probe.
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return result["ok"]
+    return url_reachable(url, timeout)
 
 
 def _missing_error(path: Path, url: str | None, why: str) -> MarginbenchError:
