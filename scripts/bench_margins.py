@@ -16,7 +16,6 @@ Writes the summary to --out and the per-sample margins to <out>_samples.csv.
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ import torch
 import yaml
 
 from marginbench.config import AttackConfig, ModelConfig
+from marginbench.data import read_idx, to_float_nchw
 from marginbench.margins import DEFAULT_ATTACK, MarginBatch, build_estimator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def load_aa_resnet18(device: torch.device) -> torch.nn.Module:
     finally:
         sys.path.remove(str(examples))
     model = ResNet18()
-    model.load_state_dict(torch.load(examples / "model_test.pt", map_location="cpu"))
+    model.load_state_dict(torch.load(examples / "model_test.pt", map_location="cpu", weights_only=True))
     return model.to(device).eval()
 
 
@@ -81,10 +81,8 @@ def load_model(name: str, device: torch.device) -> torch.nn.Module:
             return (model[0] if isinstance(model, tuple) else model).eval()
         except Exception as exc:  # noqa: BLE001 - fall back to plain formats
             print(f"[bench] load_local_checkpoint failed ({exc!r}); trying TorchScript / pickled module")
-        try:
-            return torch.jit.load(str(path), map_location=device).eval()
-        except Exception:  # noqa: BLE001
-            return torch.load(path, map_location=device, weights_only=False).eval()
+        # TorchScript carries its own code; pickled nn.Modules are refused (weights only).
+        return torch.jit.load(str(path), map_location=device).eval()
     try:
         from marginbench.models import load_model as registry_load
 
@@ -97,24 +95,16 @@ def load_model(name: str, device: torch.device) -> torch.nn.Module:
         return load_aa_resnet18(device)
 
 
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path) as f:
-        data = f.read()
-    nd = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * nd).reshape(dims)
-
-
 def load_data(spec: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     if spec == "fashion_mnist":
-        images = _idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")[:n, :, :, None]
-        labels = _idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")[:n]
+        images = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")[:n, :, :, None]
+        labels = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")[:n]
     else:
         data = np.load(spec)
         images, labels = data["images"][:n], data["labels"][:n]
         if images.ndim == 3:
             images = images[..., None]
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255)
+    x = to_float_nchw(np.array(images, copy=True))  # the pipeline's layout: same margins as `marginbench run`
     return x, torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 
