@@ -153,3 +153,17 @@ def test_report_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("published, attack_based, says, does_not_say", [
+    (True, False, "published RobustBench AutoAttack", "ours"),
+    (False, True, "ours: input margin > eps", "RobustBench"),
+    (True, True, "hollow: ours", None),
+])
+def test_fig4_axis_names_the_robust_accuracy_plotted(published, attack_based, says, does_not_say):
+    # Zoo and user models have no published AutoAttack accuracy: their points use ours,
+    # and the axis must not claim RobustBench then.
+    label = figures._fig4_xlabel(published, attack_based)
+    assert says in label
+    if does_not_say:
+        assert does_not_say not in label
