@@ -14,6 +14,7 @@ from torch import nn
 from marginbench.config import AttackConfig
 from marginbench.errors import MarginbenchError
 from marginbench.margins import DEFAULT_ATTACK, ESTIMATORS, MarginBatch, build_estimator, verify
+from marginbench.margins.base import BACKOFF_FACTORS, AttackSpec, Estimator
 from marginbench.margins.counting import CountingModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,7 +219,33 @@ def test_fab_cost_accounting(linear):
     assert (res.n_backward == steps * K).all()
     assert (res.seconds > 0).all()
     fmn = build_estimator(AttackConfig(name="fmn", steps=steps), "Linf")(model, x, y)
-    assert (fmn.n_forward == steps + 2).all() and (fmn.n_backward == steps).all()
+    # + one forward per back-off try for a point that failed verification by rounding
+    assert (fmn.n_forward >= steps + 2).all() and (fmn.n_forward <= steps + 2 + len(BACKOFF_FACTORS)).all()
+    assert (fmn.n_backward == steps).all()
+
+
+def test_point_exactly_on_the_boundary_is_backed_off_not_dropped():
+    """An attack that returns the exact boundary point (a tie: argmax keeps the predicted
+    class) must not become a failure: the estimator steps out along the same perturbation
+    by the smallest back-off factor that flips the prediction."""
+    model = nn.Linear(2, 2)  # logits (u - 0.3, 0.3 - u) for x = (u, v): boundary at u = 0.3
+    model.weight.data = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    model.bias.data = torch.tensor([-0.3, 0.3])
+    x = torch.tensor([[0.5, 0.5], [0.6, 0.5]])
+    y = model(x).argmax(1)
+    assert y.tolist() == [0, 0]
+
+    def on_boundary(m, xb, yb, norm, spec):
+        out = xb.clone()
+        out[:, 0] = 0.3  # the exact tie: logits equal, argmax picks class 0 = y
+        return out
+
+    est = Estimator(AttackSpec(name="boundary"), "Linf", on_boundary)
+    res = est(model, x, y)
+    exact = (x[:, 0] - 0.3).numpy()
+    assert res.success.all()
+    np.testing.assert_allclose(res.margin, exact * BACKOFF_FACTORS[0], rtol=1e-5)
+    assert (res.n_forward == 3).all()  # prediction check, verification, one back-off
 
 
 def test_margin_batch_concat(linear):

@@ -24,7 +24,9 @@ from marginbench.margins.refine import line_search, shrink
 from marginbench.margins.verify import NORMS, verify
 
 # options consumed by marginbench itself, never passed on to a library call
-OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho")
+# Perturbation scalings tried when a point fails verification only by rounding (see _run).
+BACKOFF_FACTORS = (1.001, 1.01)
+OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho")
 
 
 @dataclass
@@ -154,19 +156,26 @@ class Estimator:
             candidates.append(shrink(
                 counting, x, candidates[-1], y_pred, norm, rounds=spec.polish_rounds,
                 steps=int(spec.options.get("polish_steps", 5)), rho=float(spec.options.get("polish_rho", 0.05)),
+                min_rho=float(spec.options.get("polish_min_rho", 0.0)),
             ))
         if spec.refine:
             candidates.append(line_search(counting, x, candidates[-1], y_pred, steps=spec.refine_steps))
-        margin, success, x_adv = verify(counting, x, candidates[-1], y_pred, norm)
-        # a refined point can sit so close to the boundary that the verification forward
-        # (other batch composition, other rounding) disagrees: fall back to the earlier stage
-        for earlier in reversed(candidates[:-1]):
+        last = candidates[-1]
+        margin, success, x_adv = verify(counting, x, last, y_pred, norm)
+        # A refined point can sit so close to the boundary that the verification forward
+        # (another batch composition, other rounding: ~1e-6 in the logits) disagrees. Step
+        # back out along its own perturbation first (costs <= 1% of the margin), and only
+        # then fall back to the earlier, looser stages.
+        fallbacks: list[Callable[[Tensor], Tensor]] = [
+            lambda i, f=factor: (x[i] + f * (last[i] - x[i])).clamp(0.0, 1.0) for factor in BACKOFF_FACTORS
+        ] + [lambda i, c=stage: c[i] for stage in candidates[-2::-1]]
+        for fallback in fallbacks:
             failed = np.flatnonzero(~success)
             if failed.size == 0:
                 break
             idx = torch.as_tensor(failed, device=x.device)
             with counting.subset(idx):
-                m2, s2, x2 = verify(counting, x[idx], earlier[idx], y_pred[idx], norm)
+                m2, s2, x2 = verify(counting, x[idx], fallback(idx), y_pred[idx], norm)
             margin[failed], success[failed] = m2, s2
             x_adv[idx] = x2
         return margin, success, x_adv

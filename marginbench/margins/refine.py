@@ -73,9 +73,49 @@ def _runner_up_gap(logits: Tensor, y: Tensor) -> Tensor:
     return other.amax(dim=1) - logits.gather(1, y.unsqueeze(1)).squeeze(1)
 
 
+def _pgd_in_ball(model: nn.Module, xs: Tensor, ys: Tensor, start: Tensor, radius: Tensor,
+                 norm: str, steps: int) -> tuple[Tensor, Tensor]:
+    """Per sample, the first point seen to flip the prediction inside ``B(xs, radius)``.
+
+    Returns ``(points, found)``; where ``found`` is false the point is ``start`` unchanged.
+
+    ``steps`` PGD steps on the runner-up gap from ``start`` projected into the ball, with a
+    step of a quarter of the radius halved every step. Only the rows still searching go
+    through the model (the others are done), so a round costs what it needs.
+    """
+    view = (-1,) + (1,) * (xs.ndim - 1)
+    out = start.clone()
+    found = torch.zeros(xs.shape[0], dtype=torch.bool, device=xs.device)
+    z = (xs + _project(start - xs, radius, norm)).clamp_(0.0, 1.0)
+    live = torch.arange(xs.shape[0], device=xs.device)  # rows still searching
+    for s in range(steps + 1):
+        need_grad = s < steps
+        with _subset(model, live), torch.enable_grad():
+            z.requires_grad_(need_grad)
+            gap = _runner_up_gap(model(z), ys[live])
+            grad = torch.autograd.grad(gap.sum(), z)[0] if need_grad else None
+        z = z.detach()
+        flipped = gap.detach() > 0
+        out[live[flipped]] = z[flipped]
+        found[live[flipped]] = True
+        keep = ~flipped
+        if grad is None or not bool(keep.any()):
+            break
+        live, z, grad = live[keep], z[keep], grad[keep]
+        r = radius[live]
+        # step size: a quarter of the radius, halved every step
+        alpha = (r * 0.25 * 0.5 ** s).view(view)
+        if norm == "Linf":
+            z = z + alpha * grad.sign()
+        else:
+            z = z + alpha * grad / grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12).view(view)
+        z = (xs[live] + _project(z - xs[live], r, norm)).clamp_(0.0, 1.0)
+    return out, found
+
+
 def shrink(
     model: nn.Module, x: Tensor, x_adv: Tensor, y_pred: Tensor, norm: str,
-    rounds: int = 8, steps: int = 5, rho: float = 0.05,
+    rounds: int = 8, steps: int = 5, rho: float = 0.05, min_rho: float = 0.0,
     adversarial: Tensor | None = None,
 ) -> Tensor:
     """Warm-started eps search around verified adversarials ("polish").
@@ -83,9 +123,10 @@ def shrink(
     Each round asks, per sample, for an adversarial inside the ball of radius
     ``r * (1 - rho)`` (r: the best norm so far): ``steps`` PGD steps on the runner-up gap,
     started from the best point projected into that ball. A success shrinks r (and grows
-    rho by 1.5), a failure halves rho. The point returned is the best one that was seen to
-    flip the prediction, never worse than the input. Cost per round and sample: ``steps``
-    forward + backward passes and one forward pass.
+    rho by 1.5), a failure halves rho; a sample stops once rho < ``min_rho``. The point returned is the best one that was seen to
+    flip the prediction, never worse than the input. Cost per round and sample: at most
+    ``steps`` forward + backward passes and one forward pass; a sample stops at its first
+    success.
     """
     if adversarial is None:
         adversarial = is_adversarial(model, x_adv, y_pred)
@@ -100,37 +141,19 @@ def shrink(
     rho_t = torch.full_like(r, float(rho))
     with _subset(model, idx):
         for _ in range(rounds):
-            target = r * (1 - rho_t)
-            z = (xs + _project(best - xs, target, norm)).clamp_(0.0, 1.0)
-            found = torch.zeros_like(r, dtype=torch.bool)
-            found_pt = best.clone()
-            for s in range(steps + 1):
-                z.requires_grad_(True)
-                with torch.enable_grad():
-                    logits = model(z)
-                    gap = _runner_up_gap(logits, ys)
-                    grad = None
-                    if s < steps:
-                        (grad,) = torch.autograd.grad(gap.sum(), z)
-                z = z.detach()
-                new = (gap.detach() > 0) & ~found
-                found_pt = torch.where(new.view(view), z, found_pt)
-                found |= new
-                if grad is None or bool(found.all()):
-                    break
-                # step size: a quarter of the radius, halved every step
-                alpha = (target * 0.25 * 0.5 ** s).view(view)
-                if norm == "Linf":
-                    z = z + alpha * grad.sign()
-                else:
-                    z = z + alpha * grad / grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12).view(view)
-                z = (xs + _project(z - xs, target, norm)).clamp_(0.0, 1.0)
-                z = torch.where(found.view(view), found_pt, z)
-            new_r = lp_norm(found_pt - xs, norm).to(device=x.device, dtype=x.dtype)
-            better = found & (new_r < r)
-            best = torch.where(better.view(view), found_pt, best)
-            r = torch.where(better, new_r, r)
-            rho_t = torch.where(better, (rho_t * 1.5).clamp(max=0.5), rho_t / 2)
+            # a sample whose shrink factor fell below min_rho has converged: asking for
+            # a < min_rho smaller ball is not worth its passes
+            todo = (rho_t >= min_rho).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            target = r[todo] * (1 - rho_t[todo])
+            with _subset(model, todo):
+                found_pt, found = _pgd_in_ball(model, xs[todo], ys[todo], best[todo], target, norm, steps)
+            new_r = lp_norm(found_pt - xs[todo], norm).to(device=x.device, dtype=x.dtype)
+            better = found & (new_r < r[todo])
+            best[todo] = torch.where(better.view(view), found_pt, best[todo])
+            r[todo] = torch.where(better, new_r, r[todo])
+            rho_t[todo] = torch.where(better, (rho_t[todo] * 1.5).clamp(max=0.5), rho_t[todo] / 2)
     out = x_adv.clone()
     out[idx] = best
     return out
