@@ -43,7 +43,7 @@ log = logging.getLogger("marginbench")
 
 # Bump a stage's version when its code changes what it computes: old artifacts are then
 # ignored instead of silently reused.
-MARGINS_VERSION = 1
+MARGINS_VERSION = 2  # 2: boundary points failing verification by rounding are backed off, not dropped
 OUTPUTS_VERSION = 1
 PSEUDO_VERSION = 1
 RUNS_VERSION = 2  # 2: summary "attack" names the preset
