@@ -317,3 +317,18 @@ def test_default_breaks_aa_resnet18_within_8_255():
         y = model(x).argmax(1)
     res = build_estimator(attack_config(DEFAULT_ATTACK), "Linf")(model, x, y)
     assert res.success.all() and (res.margin <= 8 / 255).all()
+
+
+@pytest.mark.parametrize("name", ["fmn", DEFAULT_ATTACK])
+def test_channels_last_inputs_give_the_same_margins(name):
+    """adv-lib's FMN on a channels-last batch returned margins ~30x too large (0.16 instead
+    of 0.005 here); the estimator hands every attack the standard layout."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, K)).eval()
+    x = torch.rand(12, 3, 8, 8) * 0.6 + 0.2
+    y = model(x).argmax(1)
+    est = build_estimator(AttackConfig(name=name, steps=50) if name == "fmn" else attack_config(name), "Linf")
+    standard = est(model, x, y)
+    channels_last = est(model, x.contiguous(memory_format=torch.channels_last), y)
+    assert standard.success.all()
+    np.testing.assert_array_equal(channels_last.margin, standard.margin)
