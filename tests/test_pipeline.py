@@ -189,3 +189,19 @@ def test_summary_metrics_recompute_from_samples_csv_with_plain_scipy_sklearn(npz
     assert summary["fpr_at_95"] == pytest.approx(fpr95, abs=1e-12)
     assert summary["clean_accuracy"] == pytest.approx(samples["correct"].mean())
     assert summary["robust_accuracy_attack"] == pytest.approx(samples["robust_correct"].mean())
+
+
+def test_unbreakable_model_gives_flagged_failures_counted_in_the_summary(npz_data, tmp_path):
+    """A model that ignores its input cannot be attacked: every sample is a recorded
+    failure (input_margin inf, attack_success false, found_by empty), never a margin of 0,
+    and the summary counts them."""
+    overrides = [o if o != "model.factory=tiny_models:tiny_cnn" else "model.factory=tiny_models:constant"
+                 for o in tiny_overrides(npz_data, tmp_path / "cache", "n_samples=8")]
+    result = marginbench.run(*overrides, run_dir=tmp_path / "run")
+    samples = pd.read_csv(tmp_path / "run" / "samples.csv", keep_default_na=False)
+    assert len(samples) == 8
+    assert (samples["input_margin"].astype(float) == np.inf).all()
+    assert (samples["attack_success"].astype(str) == "False").all()
+    assert (samples["found_by"] == "").all()
+    assert result.summary["n_attack_failures"] == 8
+    assert not samples["nonrobust"].astype(str).eq("True").any()
