@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -326,7 +327,12 @@ def command_tables(args: list[str]) -> int:
     if not cache_dir.is_dir():
         _fail(f"cache directory {cache_dir} does not exist; run `marginbench run ...` first or pass --cache-dir")
     select = (lambda record: record.dataset == options.dataset) if options.dataset else None
-    written = build_all(cache_dir, Path(options.out), reference, force=options.force, select=select)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        written = build_all(cache_dir, Path(options.out), reference, force=options.force, select=select)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            print(f"note: {warning.message}", file=sys.stderr)
     print(f"wrote {len(written)} files under {options.out}")
     for path in written:
         print(f"  {path}")

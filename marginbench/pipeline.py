@@ -38,15 +38,16 @@ from marginbench.cache import (
 )
 from marginbench.config import MarginbenchConfig, attack_label, parse_eps
 from marginbench.errors import MarginbenchError
+from marginbench.versions import (
+    MARGINS_VERSION,
+    OUTPUTS_VERSION,
+    PSEUDO_VERSION,
+    RUNS_VERSION,
+    STAGE_VERSIONS,
+)
 
 log = logging.getLogger("marginbench")
 
-# Bump a stage's version when its code changes what it computes: old artifacts are then
-# ignored instead of silently reused.
-MARGINS_VERSION = 2  # 2: boundary points failing verification by rounding are backed off, not dropped
-OUTPUTS_VERSION = 1
-PSEUDO_VERSION = 1
-RUNS_VERSION = 2  # 2: summary "attack" names the preset
 
 DEFAULT_EPS = {("Linf", "fashion_mnist"): "0.1", ("Linf", "imagenet"): "4/255", ("L2", None): "0.5"}
 
@@ -747,6 +748,7 @@ def _summary(
         "robust_accuracy_published": entry.robust_acc / 100 if entry.robust_acc is not None else None,
         **computed,
         "keys": keys,
+        "versions": dict(STAGE_VERSIONS),
     }
     if pseudo_summary is not None:
         # the learned score is judged exactly like the logit margin (Table 2 = Table 1 metrics)

@@ -14,6 +14,7 @@ import pytest
 from marginbench import metrics
 from marginbench.report import build_all, figures, load_runs
 from marginbench.report.figures import plot_run
+from marginbench.versions import MARGINS_VERSION, STAGE_VERSIONS
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
 EPS = 8 / 255
@@ -49,7 +50,8 @@ def fake_samples(n: int, k: int, noise: float, seed: int, pseudo: bool = False) 
 
 def write_fake_run(root: Path, name: str, code: str, dataset: str, noise: float, seed: int,
                    *, n: int = 600, k: int = 10, pseudo: bool = False, complete: bool = True,
-                   finished_at: float | None = None, rb_id: str | None = None) -> Path:
+                   finished_at: float | None = None, rb_id: str | None = None,
+                   versions: dict | None = None) -> Path:
     d = root / "runs" / name
     d.mkdir(parents=True)
     samples = fake_samples(n, k, noise, seed, pseudo)
@@ -59,6 +61,7 @@ def write_fake_run(root: Path, name: str, code: str, dataset: str, noise: float,
         "norm": "Linf", "eps": EPS, "attack": "fab",
         **metrics.summarize(samples, EPS, list(metrics.PAPER_EPS_LINF), n_repeats=3),
         "robust_accuracy_published": 0.45, "clean_accuracy_published": 0.85,
+        "versions": dict(STAGE_VERSIONS) if versions is None else versions,
     }
     if pseudo:
         summary["pseudo"]["variant"] = "code"
@@ -85,6 +88,16 @@ def test_load_runs_latest_complete_only(cache):
     runs = load_runs(cache)
     assert sorted(r.path.name for r in runs) == ["a", "b", "c"]
     assert load_runs(cache / "nowhere") == []
+
+
+def test_runs_from_an_older_margin_stage_are_left_out_with_a_warning(tmp_path):
+    write_fake_run(tmp_path, "new", "AD10", "cifar10", 0.15, 2)
+    write_fake_run(tmp_path, "before_versions", "DI0", "cifar10", 0.15, 3, versions={})
+    write_fake_run(tmp_path, "older", "AD10", "cifar10", 0.15, 4,
+                   versions={**STAGE_VERSIONS, "margins": MARGINS_VERSION - 1})
+    with pytest.warns(UserWarning, match=r"left out 2 cached run\(s\).*models: AD10, DI0"):
+        runs = load_runs(tmp_path)
+    assert [r.path.name for r in runs] == ["new"]
 
 
 def test_build_all_writes_every_table_and_figure(cache, tmp_path):

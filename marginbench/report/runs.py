@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from marginbench.versions import MARGINS_VERSION
+
 _TIME_KEYS = ("finished_at", "created", "created_at", "timestamp", "time", "end_time")
 
 
@@ -153,20 +155,39 @@ def read_run(path: Path) -> RunRecord | None:
     return RunRecord(path=path, summary=summary, meta=meta if isinstance(meta, dict) else {})
 
 
+def margins_version(rec: RunRecord) -> int:
+    """Version of the margin stage that computed a record's margins (records from before
+    versions were stored are version 1)."""
+    return int((rec.summary.get("versions") or {}).get("margins", 1))
+
+
 def load_runs(cache_dir: Path) -> list[RunRecord]:
     """Complete run records under ``<cache_dir>/runs/*/``, latest per (model, dataset, norm,
-    attack, eps), sorted by (dataset, norm, code)."""
+    margins, eps), sorted by (dataset, norm, code). Records whose margins an older
+    estimator version computed are left out with a warning: a table never mixes them."""
     root = Path(cache_dir) / "runs"
     if not root.is_dir():
         return []
     latest: dict[tuple, RunRecord] = {}
+    stale: list[RunRecord] = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         rec = read_run(d)
         if rec is None:
             continue
+        if margins_version(rec) < MARGINS_VERSION:
+            stale.append(rec)
+            continue
         old = latest.get(rec.key)
         if old is None or rec.timestamp() >= old.timestamp():
             latest[rec.key] = rec
+    if stale:
+        models = ", ".join(sorted({r.code for r in stale}))
+        warnings.warn(
+            f"left out {len(stale)} cached run(s) whose margins an older marginbench computed "
+            f"(margins v{min(map(margins_version, stale))} < v{MARGINS_VERSION}; models: {models}); "
+            "rerun them with `marginbench run ...` to include them",
+            stacklevel=2,
+        )
     return sorted(latest.values(), key=lambda r: (r.dataset, r.norm, r.code, r.attack, r.eps))
 
 

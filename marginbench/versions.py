@@ -1,0 +1,18 @@
+"""Versions of what each pipeline stage computes (torch-free: the report reads them too).
+
+Bump a stage's version when its code changes what it computes: old artifacts are then
+ignored instead of silently reused, and ``marginbench tables`` leaves out run records whose
+margins an older version computed (it says how many and how to refresh them).
+"""
+
+MARGINS_VERSION = 2  # 2: boundary points failing verification by rounding are backed off, not dropped
+OUTPUTS_VERSION = 1
+PSEUDO_VERSION = 1
+RUNS_VERSION = 3  # 2: summary "attack" names the preset; 3: summary records these versions
+
+STAGE_VERSIONS = {
+    "margins": MARGINS_VERSION,
+    "outputs": OUTPUTS_VERSION,
+    "pseudo": PSEUDO_VERSION,
+    "runs": RUNS_VERSION,
+}
