@@ -16,9 +16,9 @@ from adv_lib.attacks import fmn as _fmn
 from torch import Tensor
 
 from marginbench.errors import MarginbenchError
-from marginbench.margins.base import AttackSpec
+from marginbench.margins.base import AttackSpec, isolated_rng
 from marginbench.margins.counting import CountingModel
-from marginbench.margins.verify import is_adversarial, lp_norm
+from marginbench.margins.verify import keep_smallest_flip
 
 P = {"Linf": float("inf"), "L2": 2.0}
 
@@ -33,47 +33,21 @@ def _greek(opts: dict) -> dict:
     return {_GREEK.get(k, k): v for k, v in opts.items()}
 
 
-def _rng(device: torch.device, seed: int):
-    devices = [device] if device.type == "cuda" else []
-    ctx = torch.random.fork_rng(devices=devices)
-
-    class _Seeded:
-        def __enter__(self):
-            ctx.__enter__()
-            torch.manual_seed(seed)
-            return self
-
-        def __exit__(self, *exc):
-            return ctx.__exit__(*exc)
-
-    return _Seeded()
-
-
 def _only_l2(name: str, norm: str) -> None:
     if norm != "L2":
         raise MarginbenchError(f"attack={name} minimises the L2 norm only; use it with norm=L2 (for Linf use fmn, fab or apgd_bisect)")
-
-
-def _keep_best(x, y, model, cand, best, best_norm, norm):
-    """Update the per-sample best verified-looking candidate (the final verify re-checks)."""
-    flipped = is_adversarial(model, cand, y)
-    res = lp_norm(cand - x, norm).to(x.device)
-    better = flipped & (res > 0) & (res < best_norm)
-    best_norm = torch.where(better, res, best_norm)
-    best = torch.where(better.view(-1, *[1] * (x.ndim - 1)), cand, best)
-    return best, best_norm, flipped
 
 
 def fmn(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec) -> Tensor:
     """FMN; ``restarts`` > 1 re-runs it warm-started from the best point so far
     (adv-lib's ``starting_points``: a boundary bisection, then a fresh step-size schedule)."""
     opts = _greek(spec.library_options())
-    with _rng(x.device, spec.seed):
+    with isolated_rng(x.device, spec.seed):
         adv = _fmn(model, x, y, norm=P[norm], steps=spec.steps, **opts)
         if spec.restarts <= 1:
             return adv
         best_norm = torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
-        best, best_norm, _ = _keep_best(x, y, model, adv, x.clone(), best_norm, norm)
+        best, best_norm, _ = keep_smallest_flip(model, x, y, adv, x.clone(), best_norm, norm)
         for _ in range(spec.restarts - 1):
             ok = torch.isfinite(best_norm).nonzero().squeeze(1)
             if ok.numel() == 0:
@@ -81,7 +55,7 @@ def fmn(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec)
             with model.subset(ok):
                 cand = _fmn(model, x[ok], y[ok], norm=P[norm], steps=spec.steps,
                             starting_points=best[ok], **opts)
-                sub_best, sub_norm, _ = _keep_best(x[ok], y[ok], model, cand, best[ok], best_norm[ok], norm)
+                sub_best, sub_norm, _ = keep_smallest_flip(model, x[ok], y[ok], cand, best[ok], best_norm[ok], norm)
             best[ok], best_norm[ok] = sub_best, sub_norm
         return best
 
@@ -103,12 +77,12 @@ def apgd_bisect(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: Att
     lo = torch.zeros(n, dtype=torch.float64, device=x.device)
     hi = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
     best, best_norm = x.clone(), hi.clone()
-    with _rng(x.device, spec.seed):
+    with isolated_rng(x.device, spec.seed):
         for _ in range(search_steps):
             eps = torch.where(torch.isinf(hi), torch.where(lo > 0, 2 * lo, torch.full_like(lo, eps_init)), (lo + hi) / 2)
             cand = _apgd(model, x, y, eps=eps.float(), norm=P[norm], n_iter=spec.steps,
                          n_restarts=spec.restarts, loss_function=loss, **opts)
-            best, best_norm, flipped = _keep_best(x, y, model, cand, best, best_norm, norm)
+            best, best_norm, flipped = keep_smallest_flip(model, x, y, cand, best, best_norm, norm)
             hi = torch.where(flipped, torch.minimum(hi, best_norm), hi)
             lo = torch.where(flipped, lo, torch.maximum(lo, eps))
     return best
@@ -118,7 +92,7 @@ def ddn(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec)
     _only_l2("ddn", norm)
     opts = _greek(spec.library_options())
     opts.setdefault("levels", None)  # no 8-bit quantisation: it would inflate the margin
-    with _rng(x.device, spec.seed):
+    with isolated_rng(x.device, spec.seed):
         return _ddn(model, x, y, steps=spec.steps, **opts)
 
 
@@ -126,5 +100,5 @@ def alma(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec
     _only_l2("alma", norm)
     opts = _greek(spec.library_options())
     opts.setdefault("distance", "l2")
-    with _rng(x.device, spec.seed):
+    with isolated_rng(x.device, spec.seed):
         return _alma(model, x, y, num_steps=spec.steps, **opts)

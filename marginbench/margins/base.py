@@ -9,8 +9,9 @@ candidate, and returns a :class:`MarginBatch`.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,9 +25,9 @@ from marginbench.margins.refine import line_search, shrink
 from marginbench.margins.verify import NORMS, verify
 
 # options consumed by marginbench itself, never passed on to a library call
+OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho")
 # Perturbation scalings tried when a point fails verification only by rounding (see _run).
 BACKOFF_FACTORS = (1.001, 1.01)
-OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho")
 
 
 @dataclass
@@ -86,11 +87,34 @@ class AttackSpec:
     def polish_rounds(self) -> int:
         return int(self.options.get("polish_rounds", 0))
 
+    @property
+    def polish_steps(self) -> int:
+        return int(self.options.get("polish_steps", 5))
+
+    @property
+    def polish_rho(self) -> float:
+        return float(self.options.get("polish_rho", 0.05))
+
+    @property
+    def polish_min_rho(self) -> float:
+        return float(self.options.get("polish_min_rho", 0.0))
+
     def library_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.options.items() if k not in OWN_OPTIONS}
 
 
 AttackFn = Callable[[CountingModel, Tensor, Tensor, str, AttackSpec], Tensor]
+
+
+@contextlib.contextmanager
+def isolated_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
+    """Run a library attack on its own RNG stream (re-seeded when ``seed`` is given): its
+    global re-seeding and draws do not leak into the caller's streams."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 def _sync(device: torch.device) -> None:
@@ -155,8 +179,7 @@ class Estimator:
         if spec.polish_rounds > 0:
             candidates.append(shrink(
                 counting, x, candidates[-1], y_pred, norm, rounds=spec.polish_rounds,
-                steps=int(spec.options.get("polish_steps", 5)), rho=float(spec.options.get("polish_rho", 0.05)),
-                min_rho=float(spec.options.get("polish_min_rho", 0.0)),
+                steps=spec.polish_steps, rho=spec.polish_rho, min_rho=spec.polish_min_rho,
             ))
         if spec.refine:
             candidates.append(line_search(counting, x, candidates[-1], y_pred, steps=spec.refine_steps))

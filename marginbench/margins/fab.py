@@ -22,11 +22,13 @@ import torch
 from pyautoattack.fab_pt import FABAttack_PT
 from torch import Tensor
 
-from marginbench.margins.base import AttackSpec
+from marginbench.margins.base import AttackSpec, isolated_rng
 from marginbench.margins.counting import CountingModel
-from marginbench.margins.verify import lp_norm
+from marginbench.margins.verify import keep_smallest_flip, lp_norm
 
 UNBOUNDED = float("inf")
+# eps whose half is the radius of FAB's random restarts where the attack itself is unbounded
+RANDOM_START_EPS = {"Linf": 8 / 255, "L2": 0.5}
 
 
 class TopKFABAttack(FABAttack_PT):
@@ -81,18 +83,12 @@ def make_fab(model, norm: str, spec: AttackSpec, device, targeted: bool = False,
     )
 
 
-def _rng(device: torch.device):
-    """Keep the library's global re-seeding from leaking into the caller's RNG streams."""
-    devices = [device] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=devices)
-
-
 def fab_untargeted(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec,
                    fab: FABAttack_PT | None = None, accept_eps: float | None = None) -> Tensor:
     fab = fab or make_fab(model, norm, spec, x.device)
     accept_eps = fab.eps if accept_eps is None else accept_eps
     adv = x.clone()
-    with _rng(x.device), torch.no_grad():
+    with isolated_rng(x.device), torch.no_grad():
         acc = fab._predict_fn(x).max(1)[1] == y
         torch.random.manual_seed(fab.seed)
         torch.cuda.random.manual_seed(fab.seed)
@@ -133,21 +129,17 @@ def fab_targeted(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: At
     fab = make_fab(model, norm, spec, x.device, targeted=True, n_target_classes=n_targets)
     if fab.eps == UNBOUNDED:
         # random restarts start at radius eps/2: an infinite radius would start in a corner
-        fab.eps = {"Linf": 8 / 255, "L2": 0.5}[norm]
+        fab.eps = RANDOM_START_EPS[norm]
     best = x.clone()
     best_norm = torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
-    with _rng(x.device), torch.no_grad():
+    with isolated_rng(x.device), torch.no_grad():
         torch.random.manual_seed(fab.seed)
         torch.cuda.random.manual_seed(fab.seed)
         for target_class in range(2, n_targets + 2):
             fab.target_class = target_class
             for counter in range(fab.n_restarts):
                 adv_curr = fab.attack_single_run(x.clone(), y.clone(), use_rand_start=(counter > 0), is_targeted=True)
-                flipped = fab._predict_fn(adv_curr).max(1)[1] != y
-                res = lp_norm(adv_curr - x, norm).to(x.device)
-                better = flipped & (res > 0) & (res < best_norm)
-                best_norm = torch.where(better, res, best_norm)
-                best[better] = adv_curr[better]
+                best, best_norm, _ = keep_smallest_flip(model, x, y, adv_curr, best, best_norm, norm)
     return best
 
 
@@ -158,5 +150,5 @@ def fab_topk(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: Attack
     spec = AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts)
     fab = make_fab(model, norm, spec, x.device, cls=TopKFABAttack, candidates=candidates)
     if spec.restarts > 1 and fab.eps == UNBOUNDED:
-        fab.eps = {"Linf": 8 / 255, "L2": 0.5}[norm]  # radius of the random restarts
+        fab.eps = RANDOM_START_EPS[norm]  # radius of the random restarts
     return fab_untargeted(model, x, y, norm, spec, fab=fab, accept_eps=UNBOUNDED)

@@ -9,18 +9,18 @@ Cost: ``steps`` forward passes per refined sample (no gradients).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
 from marginbench.margins.counting import CountingModel
-from marginbench.margins.verify import is_adversarial
+from marginbench.margins.verify import is_adversarial, lp_norm
 
 
 def _subset(model: nn.Module, index: Tensor):
     if isinstance(model, CountingModel):
         return model.subset(index)
-    import contextlib
-
     return contextlib.nullcontext()
 
 
@@ -123,8 +123,8 @@ def shrink(
     Each round asks, per sample, for an adversarial inside the ball of radius
     ``r * (1 - rho)`` (r: the best norm so far): ``steps`` PGD steps on the runner-up gap,
     started from the best point projected into that ball. A success shrinks r (and grows
-    rho by 1.5), a failure halves rho; a sample stops once rho < ``min_rho``. The point returned is the best one that was seen to
-    flip the prediction, never worse than the input. Cost per round and sample: at most
+    rho by 1.5), a failure halves rho; a sample stops once rho < ``min_rho``. The point
+    returned is the best one that was seen to flip the prediction, never worse than the input. Cost per round and sample: at most
     ``steps`` forward + backward passes and one forward pass; a sample stops at its first
     success.
     """
@@ -135,8 +135,6 @@ def shrink(
         return x_adv
     view = (-1,) + (1,) * (x.ndim - 1)
     xs, ys, best = x[idx], y_pred[idx], x_adv[idx].clone()
-    from marginbench.margins.verify import lp_norm
-
     r = lp_norm(best - xs, norm).to(device=x.device, dtype=x.dtype)
     rho_t = torch.full_like(r, float(rho))
     with _subset(model, idx):

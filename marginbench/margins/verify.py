@@ -33,6 +33,20 @@ def is_adversarial(model: nn.Module, x_adv: Tensor, y_pred: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def keep_smallest_flip(model: nn.Module, x: Tensor, y_pred: Tensor, cand: Tensor, best: Tensor,
+                       best_norm: Tensor, norm: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Per sample, keep ``cand`` over ``best`` when it flips the prediction at a smaller,
+    non-zero norm (one forward pass; the final ``verify`` re-checks the winner anyway).
+    Returns ``(best, best_norm, flipped)``; ``best_norm`` is float64 on x's device."""
+    flipped = is_adversarial(model, cand, y_pred)
+    res = lp_norm(cand - x, norm).to(x.device)
+    better = flipped & (res > 0) & (res < best_norm)
+    best_norm = torch.where(better, res, best_norm)
+    best = torch.where(better.view(-1, *[1] * (x.ndim - 1)), cand, best)
+    return best, best_norm, flipped
+
+
+@torch.no_grad()
 def verify(
     model: nn.Module, x: Tensor, x_adv: Tensor, y_pred: Tensor, norm: str
 ) -> tuple[np.ndarray, np.ndarray, Tensor]:
