@@ -8,7 +8,8 @@ parsed by :func:`parse_eps`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,7 +18,7 @@ from hydra.core.config_store import ConfigStore
 from marginbench.errors import MarginbenchError
 
 # The Hydra config tree (configs/ at the repository root; MARGINBENCH_CONFIG_DIR overrides).
-CONFIG_DIR = Path(__import__("os").environ.get("MARGINBENCH_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+CONFIG_DIR = Path(os.environ.get("MARGINBENCH_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 
 
 @dataclass
@@ -118,7 +119,7 @@ def attack_label(attack: Any) -> str:
     from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(attack, resolve=True) if OmegaConf.is_config(attack) else dict(attack)
-    defaults = {"members": [], "steps": 100, "restarts": 1, "refine": False, "options": {}}
+    defaults = {k: v for k, v in asdict(AttackConfig()).items() if k != "name"}
     for path in sorted((CONFIG_DIR / "attack").glob("*.yaml")):
         preset = {**defaults, **(yaml.safe_load(path.read_text()) or {})}
         if all(preset.get(k) == values.get(k) for k in ("name", "members", "steps", "restarts", "refine")) and (
