@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Side-by-side benchmark of input-margin estimators (tightness and cost), one process.
 
-    python scripts/bench_margins.py --model aa_resnet18 --data /work/shared/data/cifar10_test_first100.npz \
-        --n 100 --norm Linf --estimators fab fmn default --out results/bench/aa_resnet18_linf.csv
+    python scripts/bench_margins.py --model aa_resnet18 --data ../shared/data/cifar10_test_first100.npz \
+        --n 100 --norm Linf --estimators fab fab_polish fmn   # -> results/bench/aa_resnet18_Linf.csv
 
 Estimators are names of configs/attack/<name>.yaml, optionally with overrides:
 ``fmn:steps=200,refine=true,options.alpha_init=2``. Printed per estimator: median margin,
@@ -26,8 +26,10 @@ import pandas as pd
 import torch
 import yaml
 
+from marginbench.cache import atomic_write_text
 from marginbench.config import AttackConfig, ModelConfig
 from marginbench.data import read_idx, to_float_nchw
+from marginbench.errors import MarginbenchError
 from marginbench.margins import DEFAULT_ATTACK, MarginBatch, build_estimator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,20 +59,6 @@ def load_attack(spec: str) -> tuple[str, AttackConfig]:
     return spec, AttackConfig(**raw)
 
 
-def load_aa_resnet18(device: torch.device) -> torch.nn.Module:
-    import pyautoattack
-
-    examples = Path(pyautoattack.__file__).parent / "examples"
-    sys.path.insert(0, str(examples))
-    try:
-        from resnet import ResNet18  # pyautoattack/examples/resnet.py
-    finally:
-        sys.path.remove(str(examples))
-    model = ResNet18()
-    model.load_state_dict(torch.load(examples / "model_test.pt", map_location="cpu", weights_only=True))
-    return model.to(device).eval()
-
-
 def load_model(name: str, device: torch.device) -> torch.nn.Module:
     path = Path(name)
     if path.suffix == ".pt" and path.exists():
@@ -80,19 +68,17 @@ def load_model(name: str, device: torch.device) -> torch.nn.Module:
             model = load_local_checkpoint(path, device)
             return (model[0] if isinstance(model, tuple) else model).eval()
         except Exception as exc:  # noqa: BLE001 - fall back to plain formats
-            print(f"[bench] load_local_checkpoint failed ({exc!r}); trying TorchScript / pickled module")
+            print(f"[bench] load_local_checkpoint failed ({exc!r}); trying TorchScript")
         # TorchScript carries its own code; pickled nn.Modules are refused (weights only).
         return torch.jit.load(str(path), map_location=device).eval()
-    try:
-        from marginbench.models import load_model as registry_load
+    from marginbench.models import load_model as registry_load
 
-        model_dir = Path(os.environ.get("MARGINBENCH_MODEL_DIR", "models_cache"))
+    model_dir = Path(os.environ.get("MARGINBENCH_MODEL_DIR", "models_cache"))
+    try:
         model, _entry = registry_load(ModelConfig(kind="zoo", name=name), model_dir, device)
-        return model.eval()
-    except Exception as exc:  # noqa: BLE001 - registry not ready: built-in fallback
-        if name != "aa_resnet18":
-            sys.exit(f"cannot load model {name!r}: {exc}")
-        return load_aa_resnet18(device)
+    except MarginbenchError as exc:
+        sys.exit(f"cannot load model {name!r}: {exc}")
+    return model.eval()
 
 
 def load_data(spec: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,9 +109,7 @@ def write_samples(path: Path, labels, y_pred, results: dict[str, MarginBatch], c
         per_sample[f"n_backward[{name}]"] = r.n_backward
         per_sample[f"seconds[{name}]"] = r.seconds
         per_sample[f"cpu_seconds[{name}]"] = cpu_seconds[name] / len(labels)
-    tmp = path.with_suffix(".tmp")
-    per_sample.to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_write_text(path, per_sample.to_csv(index=False))
 
 
 def load_samples(path: Path, n: int) -> dict[str, tuple[MarginBatch, float]]:
@@ -183,7 +167,7 @@ def summarize(results: dict[str, MarginBatch], fab_key: str | None) -> pd.DataFr
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="aa_resnet18", help="aa_resnet18 | path to a .pt | registry name")
-    p.add_argument("--data", default="/work/shared/data/cifar10_test_first100.npz", help="npz (uint8 NHWC images, labels) or fashion_mnist")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10_test_first100.npz"), help="npz (uint8 NHWC images, labels) or fashion_mnist")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
     p.add_argument("--estimators", nargs="+", default=["fab", DEFAULT_ATTACK],
@@ -240,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     table.insert(0, "model", args.model)
     table.insert(1, "norm", args.norm)
     table.insert(2, "n", len(x))
-    table.to_csv(out, index=False)
+    atomic_write_text(out, table.to_csv(index=False))
     write_samples(samples_path, labels, y_pred, results, cpu_seconds)
     print(f"[bench] wrote {out} and {samples_path}")
     return 0
