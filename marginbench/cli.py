@@ -363,7 +363,7 @@ def command_train(args: list[str]) -> int:
             rest.append(arg)
     if not any(a.startswith(("train=", "recipe=")) for a in rest):
         _fail("say which recipe: train=RECIPE (see `marginbench train --help`)")
-    from marginbench.pipeline import resolve_device
+    from marginbench.device import resolve_device
     from marginbench.train import run_training
 
     path = run_training(rest, settings["paths.model_dir"], settings["paths.data_dir"], resolve_device(settings["device"]))

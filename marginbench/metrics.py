@@ -31,6 +31,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from marginbench.jsonio import json_clean
+
 # The α grid of Algorithm 1 exactly as in the authors' code (nbutils.determine_lda):
 # note that 0.975 is *not* in it although the paper writes "0.80, 0.825, ..., 0.99".
 ALG1_ALPHAS: tuple[float, ...] = (0.80, 0.825, 0.85, 0.875, 0.90, 0.925, 0.95, 0.99)
@@ -429,24 +431,6 @@ def _col(samples: pd.DataFrame, name: str) -> np.ndarray | None:
         return None
     v = pd.to_numeric(samples[name], errors="coerce").to_numpy(dtype=np.float64)
     return None if np.isnan(v).all() else v
-
-
-def json_clean(obj: Any) -> Any:
-    """Recursively turn numpy scalars into Python ones and nan/±inf into None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [json_clean(v) for v in obj.tolist()]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
 
 
 def score_metrics(d_in, score_margin, eps: float) -> dict[str, Any]:

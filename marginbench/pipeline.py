@@ -37,7 +37,10 @@ from marginbench.cache import (
     sha256_file,
 )
 from marginbench.config import MarginbenchConfig, attack_label, parse_eps
+from marginbench.device import resolve_device
 from marginbench.errors import MarginbenchError
+from marginbench import jsonio
+from marginbench.jsonio import json_clean
 from marginbench.versions import (
     MARGINS_VERSION,
     OUTPUTS_VERSION,
@@ -68,18 +71,6 @@ class RunSettings:
     cache_dir: Path
     model_dir: Path
     data_dir: Path
-
-
-def resolve_device(name: str) -> torch.device:
-    name = str(name).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MarginbenchError(f"device={name} asked for but CUDA is not available; use device=auto or device=cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise MarginbenchError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 def default_eps(norm: str, dataset: str) -> str:
@@ -504,8 +495,8 @@ def pseudo_stage(
         "variant": cfg.pseudo.variant,
         "n_train": int(len(holdout.labels)),
         "n_train_failures": int((~train_margins["success"]).sum()),
-        "learner": _clean_floats({k: v for k, v in state.items() if k not in ("network", "history")}),
-        "history": _clean_floats(state.get("history")),
+        "learner": json_clean({k: v for k, v in state.items() if k not in ("network", "history")}),
+        "history": json_clean(state.get("history")),
     }
     return store.put("pseudo", key, {"arrays.npz": lambda path: atomic_save_npz(path, arrays)}, {**meta, "pseudo": info})
 
@@ -574,32 +565,7 @@ def _write_csv(frame: pd.DataFrame) -> Callable[[Path], None]:
 
 
 def _write_json(value: dict[str, Any]) -> Callable[[Path], None]:
-    return lambda path: path.write_text(json.dumps(value, indent=2, sort_keys=False, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def _clean_floats(value: Any) -> Any:
-    """inf/nan are not JSON: store them as null (the count fields say what happened)."""
-    if isinstance(value, dict):
-        return {k: _clean_floats(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean_floats(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+    return lambda path: path.write_text(jsonio.dumps(value))
 
 
 # --------------------------------------------------------------------------------------------
@@ -759,7 +725,7 @@ def _summary(
             "kendall_tau": metrics.kendall_tau(d_in, score),
             **metrics.detection_metrics(d_in, score, settings.eps),
         }
-    return _clean_floats(summary)
+    return json_clean(summary)
 
 
 class _progress:

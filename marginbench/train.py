@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from marginbench.config import parse_eps
+from marginbench.device import resolve_device
 from marginbench.errors import MarginbenchError
 from marginbench.models.local import save_local_checkpoint
 from marginbench.models.small import build_architecture
@@ -584,12 +585,6 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------------------
 
 
-def _device(device: Any) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def train_from_config(cfg: Any, model_dir: Path, data_dir: Path | None, device: Any = "auto") -> Path:
     """CLI entry: train from a ``train`` config node and save to ``<model_dir>/local/<name>.pt``.
 
@@ -613,7 +608,7 @@ def train_from_config(cfg: Any, model_dir: Path, data_dir: Path | None, device: 
             node["name"] = cfg["name"]
         train_cfg = config_from_mapping(node)
     out = Path(model_dir) / "local" / f"{train_cfg.name}.pt"
-    return train_model(train_cfg, _device(device), out_path=out, data_dir=data_dir)
+    return train_model(train_cfg, resolve_device(device), out_path=out, data_dir=data_dir)
 
 
 def run_training(overrides: list[str], model_dir: Path | str = "models_cache",
@@ -633,7 +628,7 @@ def run_training(overrides: list[str], model_dir: Path | str = "models_cache",
     cfg = load_recipe(recipe, rest) if recipe else config_from_mapping(
         __import__("omegaconf").OmegaConf.from_dotlist(rest))
     out = Path(model_dir) / "local" / f"{cfg.name}.pt"
-    return train_model(cfg, _device(device), out_path=out, data_dir=Path(data_dir) if data_dir else None)
+    return train_model(cfg, resolve_device(device), out_path=out, data_dir=Path(data_dir) if data_dir else None)
 
 
 if __name__ == "__main__":  # python -m marginbench.train recipe=fmnist_cnn_pgd name=x
