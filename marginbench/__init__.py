@@ -38,11 +38,11 @@ def _to_overrides(overrides: tuple[str, ...], keys: dict[str, Any]) -> list[str]
 
 def compose(*overrides: str, **keys: Any) -> DictConfig:
     """The validated config for these overrides (``"model=XU80"`` strings and/or keywords)."""
-    from marginbench import cli
+    from marginbench import overrides as cli_overrides
 
-    items = cli.expand_model_shorthand(_to_overrides(overrides, keys))
-    cli.validate_overrides(items)
-    return cli.compose(items)
+    items = cli_overrides.expand_model_shorthand(_to_overrides(overrides, keys))
+    cli_overrides.validate_overrides(items)
+    return cli_overrides.compose(items)
 
 
 def run(*overrides: str, run_dir: str | Path | None = None, **keys: Any) -> RunResult:

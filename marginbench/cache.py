@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import shutil
@@ -32,6 +33,11 @@ from typing import Any
 import numpy as np
 
 META_FILE = "meta.json"
+
+log = logging.getLogger("marginbench")
+
+# A stage's file writers: file name -> function writing that file at the given path
+Writers = Mapping[str, Callable[[Path], None]]
 
 
 def canonical_json(value: Any) -> str:
@@ -189,7 +195,7 @@ class ArtifactStore:
         self,
         stage: str,
         key: str,
-        writers: Mapping[str, Callable[[Path], None]],
+        writers: Writers,
         meta: Mapping[str, Any],
     ) -> Artifact:
         """Build an artifact atomically.
@@ -228,6 +234,21 @@ class ArtifactStore:
                 shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(self.parts_dir(stage, key), ignore_errors=True)
         return Artifact(stage, key, final)
+
+    def get_or_compute(
+        self,
+        stage: str,
+        key: str,
+        compute: Callable[[], tuple[Writers, Mapping[str, Any]]],
+        label: str,
+    ) -> Artifact:
+        """The cached artifact, else ``compute()`` -> (writers, meta) stored atomically."""
+        cached = self.get(stage, key)
+        if cached is not None:
+            log.info("%s: cached (%s/%s)", label, stage, key)
+            return cached
+        writers, meta = compute()
+        return self.put(stage, key, writers, meta)
 
     # -- finished batches of a stage in progress -------------------------------------------
 

@@ -12,16 +12,20 @@ import difflib
 import json
 import logging
 import os
-import re
 import sys
 import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marginbench.config import CONFIG_DIR
 from marginbench.errors import MarginbenchError
+from marginbench.overrides import expand_model_shorthand, validate_overrides
+from marginbench.sweeps import run_hydra
+
+if TYPE_CHECKING:
+    from marginbench.pipeline import RunResult
 
 log = logging.getLogger("marginbench")
 
@@ -49,127 +53,37 @@ examples:
 """
 
 
-# --------------------------------------------------------------------------------------------
-# Overrides: model shorthand, validation, one-line errors
-# --------------------------------------------------------------------------------------------
+def fail(message: str) -> None:
+    """The one way a user error leaves: one line on stderr, exit code 2, no traceback."""
+    print(f"marginbench: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
-def model_group_options() -> set[str]:
-    return {p.stem for p in (CONFIG_DIR / "model").glob("*.yaml")}
+def human_summary(result: RunResult) -> str:
+    """A run's headline numbers, as printed after each job."""
+    s = result.summary
+    if result.shard_only:
+        return result.message
 
+    def pct(name: str) -> str:
+        value = s.get(name)
+        return "n/a" if value is None else f"{100 * value:.2f}"
 
-def expand_model_shorthand(overrides: Sequence[str]) -> list[str]:
-    """``model=XU80`` (or a RobustBench id, or a sweep of them) -> ``model=zoo model.name=XU80``.
-
-    The model config group has two options (zoo, custom); any other value is a model name.
-    """
-    result: list[str] = []
-    options = model_group_options()
-    for override in overrides:
-        match = re.fullmatch(r"model=(.+)", override)
-        if match and match.group(1) not in options:
-            result += ["model=zoo", f"model.name={match.group(1)}"]
-        else:
-            result.append(override)
-    return result
-
-
-def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
-    """Single-run override lists covering every value of every sweep (for validation)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    base: list[str] = []
-    sweeps: list[tuple[int, list[str]]] = []
-    for override in parsed:
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            values = list(override.sweep_string_iterator())
-            sweeps.append((len(base), [f"{key}={value}" for value in values]))
-            base.append(sweeps[-1][1][0])
-        else:
-            base.append(override.input_line or f"{key}={override.get_value_element_as_str()}")
-    variants = [list(base)]
-    for position, values in sweeps:
-        for value in values[1:]:
-            variant = list(base)
-            variant[position] = value
-            variants.append(variant)
-    return variants
-
-
-def compose(overrides: Sequence[str], return_hydra_config: bool = False) -> Any:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from marginbench.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
-
-
-def explain_compose_error(error: BaseException) -> str:
-    """Hydra/OmegaConf's multi-line composition errors, as one actionable line."""
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and len(chain) < 6:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    text = " ".join(str(e) for e in chain)
-    unknown = re.search(r"Key '([^']+)' (?:is not in struct|not in)", text) and re.search(r"Could not override '([^']+)'", text)
-    if unknown:
-        key = unknown.group(1)
-        from omegaconf import OmegaConf
-
-        from marginbench.config import MarginbenchConfig
-
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.structured(MarginbenchConfig)
-        known = list(OmegaConf.select(node, parent).keys()) if parent and OmegaConf.select(node, parent) is not None else list(node.keys())
-        guess = difflib.get_close_matches(leaf, known, n=1)
-        hint = f" (did you mean '{f'{parent}.' if parent else ''}{guess[0]}'?)" if guess else ""
-        return f"unknown config key '{key}'{hint}; run `marginbench run --help` for the keys"
-    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
-    if missing:
-        group, option = missing.groups()
-        available = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")) if (CONFIG_DIR / group).is_dir() else []
-        return f"{group}={option} is not an option; choose one of: {', '.join(available) or '(none)'}"
-    converted = re.search(r"Value '([^']*)' of type '(\w+)' could not be converted to (\w+).*?full_key: (\S+)", text, re.S)
-    if converted:
-        value, _, target, key = converted.groups()
-        return f"{key}={value} is not a valid {target.lower()}; fix the value of {key}"
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"invalid configuration: {first}"
-
-
-def validate_overrides(overrides: Sequence[str]) -> None:
-    """Compose every sweep variant and run the cheap checks; raise MarginbenchError."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from marginbench import pipeline
-
-    try:
-        variants = sweep_variants(overrides)
-    except HydraException as error:
-        raise MarginbenchError(f"cannot parse the overrides: {str(error).splitlines()[0]}") from None
-    for variant in variants:
-        config_overrides = [o for o in variant if not o.lstrip("+~").startswith("hydra")]
-        try:
-            cfg = compose(config_overrides)
-        except (HydraException, OmegaConfBaseException, ValueError) as error:
-            raise MarginbenchError(explain_compose_error(error)) from None
-        pipeline.validate(cfg)
-
-
-# --------------------------------------------------------------------------------------------
-# The Hydra task and the multirun report
-# --------------------------------------------------------------------------------------------
-
-_SWEEP_FAILURES: list[dict[str, Any]] = []
+    lines = [
+        f"{s['model']} on {s['dataset']} ({s['norm']}, eps={s.get('eps_text', s['eps'])}, n={s['n_samples']}, attack={s['attack']})",
+        f"  clean acc {pct('clean_accuracy')}%   robust acc (attack) {pct('robust_accuracy_attack')}%"
+        + (f"   published {pct('robust_accuracy_published')}%" if s.get("robust_accuracy_published") is not None else ""),
+        f"  Kendall tau {s.get('kendall_tau', float('nan')):.3f}   AUROC {pct('auroc')}   AUPR {pct('aupr')}   FPR@95 {pct('fpr_at_95')}",
+        f"  attack failures {s.get('n_attack_failures', 0)}   non-robust share {pct('nonrobust_share')}%",
+    ]
+    if s.get("pseudo"):
+        p = s["pseudo"]
+        lines.append(
+            f"  pseudo-margin: tau {p.get('kendall_tau', float('nan')):.3f}   AUROC {100 * (p.get('auroc') or float('nan')):.2f}"
+        )
+    if result.run_dir is not None:
+        lines.append(f"  results: {result.run_dir}/summary.json, samples.csv")
+    return "\n".join(lines)
 
 
 def hydra_task(cfg: Any) -> dict[str, Any]:
@@ -182,19 +96,18 @@ def hydra_task(cfg: Any) -> dict[str, Any]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    overrides = list(hydra_cfg.overrides.task)
     status: dict[str, Any] = {
-        "overrides": overrides,
+        "overrides": list(hydra_cfg.overrides.task),
         "run_dir": str(run_dir),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
     try:
         result = pipeline.run(cfg, run_dir)
-        print(pipeline.human_summary(result), flush=True)
+        print(human_summary(result), flush=True)
         status.update(status="done", shard_only=result.shard_only, keys=result.keys)
     except MarginbenchError as error:
         if not multirun:
-            _fail(str(error))
+            fail(str(error))
         log.error("job failed: %s", error)
         status.update(status="failed", error=str(error))
     except Exception as error:  # noqa: BLE001 - a sweep must outlive any one job
@@ -206,58 +119,6 @@ def hydra_task(cfg: Any) -> dict[str, Any]:
     return status
 
 
-def _hydra_callback_base() -> type:
-    from hydra.experimental.callback import Callback
-
-    return Callback
-
-
-class SweepReport(_hydra_callback_base()):  # type: ignore[misc]
-    """Hydra callback: after a multirun, print which jobs failed (read from status.json)."""
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        statuses = []
-        for path in sorted(sweep_dir.rglob("status.json")):
-            try:
-                statuses.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                continue
-        failed = [s for s in statuses if s.get("status") != "done"]
-        _SWEEP_FAILURES.extend(failed)
-        print(f"\nsweep finished: {len(statuses)} jobs, {len(statuses) - len(failed)} done, {len(failed)} failed ({sweep_dir})")
-        for job in failed:
-            print(f"  FAILED {' '.join(job.get('overrides', []))}: {job.get('error')}")
-        if failed:
-            print("  rerun the same command: finished jobs are reused from the cache, only failed ones run again")
-
-
-def run_hydra(overrides: list[str], multirun: bool) -> int:
-    import hydra
-
-    from marginbench.config import register_configs
-
-    register_configs()
-    argv = [sys.argv[0], *(["--multirun"] if multirun else []), *overrides]
-    saved = sys.argv
-    sys.argv = argv
-    try:
-        main = hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(hydra_task)
-        main()
-    finally:
-        sys.argv = saved
-    # the callback lives in the module imported as "marginbench.cli", which is not this one
-    # when run as `python -m marginbench.cli`
-    from importlib import import_module
-
-    return 1 if import_module("marginbench.cli")._SWEEP_FAILURES else 0
-
-
-def _fail(message: str) -> None:
-    print(f"marginbench: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 # --------------------------------------------------------------------------------------------
 # Sub-commands
 # --------------------------------------------------------------------------------------------
@@ -267,18 +128,18 @@ def command_run(args: list[str]) -> int:
     multirun = False
     hydra_flags = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p"}
     if any(a in hydra_flags for a in args):
-        return run_hydra(expand_model_shorthand(args), multirun=False)
+        return run_hydra(hydra_task, expand_model_shorthand(args), multirun=False)
     overrides = []
     for arg in args:
         if arg in ("-m", "--multirun"):
             multirun = True
         elif arg.startswith("-"):
-            _fail(f"unknown option {arg}; options are -m/--multirun and Hydra's --cfg job/--help")
+            fail(f"unknown option {arg}; options are -m/--multirun and Hydra's --cfg job/--help")
         else:
             overrides.append(arg)
     overrides = expand_model_shorthand(overrides)
     validate_overrides(overrides)
-    return run_hydra(overrides, multirun)
+    return run_hydra(hydra_task, overrides, multirun)
 
 
 def command_models(args: list[str]) -> int:
@@ -325,7 +186,7 @@ def command_tables(args: list[str]) -> int:
     reference = Path(options.reference) if options.reference else Path(__file__).resolve().parent.parent / "results" / "reference"
     cache_dir = Path(options.cache_dir)
     if not cache_dir.is_dir():
-        _fail(f"cache directory {cache_dir} does not exist; run `marginbench run ...` first or pass --cache-dir")
+        fail(f"cache directory {cache_dir} does not exist; run `marginbench run ...` first or pass --cache-dir")
     select = (lambda record: record.dataset == options.dataset) if options.dataset else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -356,13 +217,13 @@ def command_train(args: list[str]) -> int:
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep:
-            _fail(f"expected KEY=VALUE, got {arg!r}; e.g. marginbench train train=fmnist_cnn_pgd name=my_model")
+            fail(f"expected KEY=VALUE, got {arg!r}; e.g. marginbench train train=fmnist_cnn_pgd name=my_model")
         if key in settings:
             settings[key] = value
         else:
             rest.append(arg)
     if not any(a.startswith(("train=", "recipe=")) for a in rest):
-        _fail("say which recipe: train=RECIPE (see `marginbench train --help`)")
+        fail("say which recipe: train=RECIPE (see `marginbench train --help`)")
     from marginbench.device import resolve_device
     from marginbench.train import run_training
 
@@ -384,12 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": command_run, "models": command_models, "tables": command_tables, "train": command_train}
     if args[0] not in commands:
         guess = difflib.get_close_matches(args[0], list(commands), n=1)
-        _fail(f"unknown command {args[0]!r}{f' (did you mean {guess[0]!r}?)' if guess else ''}; see `marginbench --help`")
+        fail(f"unknown command {args[0]!r}{f' (did you mean {guess[0]!r}?)' if guess else ''}; see `marginbench --help`")
     _quiet_library_warnings()
     try:
         return commands[args[0]](args[1:])
     except MarginbenchError as error:
-        _fail(str(error))
+        fail(str(error))
     except KeyboardInterrupt:
         print("marginbench: interrupted; finished batches are cached, rerun the same command to resume", file=sys.stderr)
         return 130

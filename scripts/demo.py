@@ -31,7 +31,7 @@ def main() -> int:
 
     import marginbench
     from marginbench.errors import MarginbenchError
-    from marginbench.pipeline import human_summary
+    from marginbench.cli import human_summary
     from marginbench.report import build_all
 
     started = time.perf_counter()

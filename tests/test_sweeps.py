@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marginbench.pipeline import shard_positions
+from marginbench.stages.margins import shard_positions
 
 TESTS = Path(__file__).resolve().parent
 
