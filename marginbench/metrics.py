@@ -323,6 +323,22 @@ def _robust_acc_threshold(correct: np.ndarray, d_out: np.ndarray, lam: float) ->
     return float((correct & (d_out > lam)).mean())
 
 
+def _subset_threshold(
+    y_s: np.ndarray, c_s: np.ndarray, b_s: np.ndarray, candidates: Sequence[float], fixed: bool
+) -> tuple[float, float]:
+    """(λ, α) among the candidate TPR levels whose threshold best reproduces the subset's
+    attack-based robust accuracy; the first α wins ties, as in the authors' code. ``fixed``:
+    the one candidate is taken whatever its error (the fixed-TPR variant)."""
+    target = float((c_s & ~y_s).mean())
+    best_lam, best_err, best_alpha = math.inf, math.inf, candidates[0]
+    for al in candidates:
+        lam = _lambda_at_tpr(y_s, b_s, al)
+        err = abs(target - _robust_acc_threshold(c_s, b_s, lam))
+        if err < best_err or fixed:
+            best_lam, best_err, best_alpha = lam, err, al
+    return best_lam, best_alpha
+
+
 def robust_accuracy_from_subset(
     d_in,
     d_out,
@@ -355,16 +371,8 @@ def robust_accuracy_from_subset(
     for _ in range(int(n_repeats)):
         idx = rng.choice(n, size=m, replace=False)
         taus.append(kendall_tau(a[idx], b[idx]))  # τ seen on the subset alone
-        y_s = nonrobust_labels(a[idx], eps)
-        c_s, b_s = c[idx], b[idx]
-        target = float((c_s & ~y_s).mean())
         candidates = [alpha] if alpha is not None else list(alphas)
-        best_lam, best_err, best_alpha = math.inf, math.inf, candidates[0]
-        for al in candidates:
-            lam = _lambda_at_tpr(y_s, b_s, al)
-            err = abs(target - _robust_acc_threshold(c_s, b_s, lam))
-            if err < best_err or alpha is not None:
-                best_lam, best_err, best_alpha = lam, err, al
+        best_lam, best_alpha = _subset_threshold(nonrobust_labels(a[idx], eps), c[idx], b[idx], candidates, alpha is not None)
         estimates.append(_robust_acc_threshold(c, b, best_lam))
         lambdas.append(best_lam)
         chosen.append(best_alpha)
@@ -456,31 +464,58 @@ def summarize(
     rule (non-robust share outside [0.001, 0.999]). Failed attacks (input_margin = +inf) count
     as robust and are counted in ``n_attack_failures``.
     """
+    d_in, d_out, correct, failed = _summary_columns(samples)
+    eps = float(eps)
+    eps_list = list(eps_list) if eps_list is not None else [eps]
+    out = _headline_metrics(d_in, d_out, correct, failed, eps)
+    out.update(_cost_totals(samples))
+    out.update(_feature_metrics(samples, d_in, d_out, eps))
+    out["per_eps"] = eps_sweep(d_in, d_out, eps_list)
+    if class_column in samples.columns:
+        out["per_class_tau"] = {
+            str(k): v for k, v in per_class_tau(d_in, d_out, samples[class_column]).items()
+        }
+    subset = {"n_subset": n_subset, "n_repeats": n_repeats, "seed": seed}
+    out["robust_acc_from_subset"] = {
+        "algorithm1": robust_accuracy_from_subset(d_in, d_out, correct, eps, **subset),
+        "tpr95": robust_accuracy_from_subset(d_in, d_out, correct, eps, **subset, alpha=0.95),
+    }
+    adv = _col(samples, "adv_logit_margin")
+    if adv is not None:
+        out["adversarial_margin"] = adversarial_margin_check(adv, d_in, d_out, eps)
+    pm = _col(samples, "pseudo_margin")
+    if pm is not None:
+        out["pseudo"] = score_metrics(d_in, pm, eps)
+    return json_clean(out)
+
+
+def _summary_columns(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(input margin, logit margin, correct, attack failed) of the per-sample table."""
     if "input_margin" not in samples.columns or "logit_margin" not in samples.columns:
         raise ValueError("samples need at least the input_margin and logit_margin columns")
     d_in = pd.to_numeric(samples["input_margin"], errors="coerce").to_numpy(np.float64)
     d_out = pd.to_numeric(samples["logit_margin"], errors="coerce").to_numpy(np.float64)
-    n = int(len(samples))
     if "correct" in samples.columns:
         correct = _as_bool(samples["correct"])
     elif {"label", "pred"} <= set(samples.columns):
         correct = samples["label"].to_numpy() == samples["pred"].to_numpy()
     else:
         raise ValueError("samples need a correct column (or label and pred)")
-    if "attack_success" in samples.columns:
-        failed = ~_as_bool(samples["attack_success"])
-    else:
-        failed = ~np.isfinite(d_in)
-    eps = float(eps)
-    eps_list = list(eps_list) if eps_list is not None else [eps]
+    failed = ~_as_bool(samples["attack_success"]) if "attack_success" in samples.columns else ~np.isfinite(d_in)
+    return d_in, d_out, correct, failed
 
+
+def _headline_metrics(
+    d_in: np.ndarray, d_out: np.ndarray, correct: np.ndarray, failed: np.ndarray, eps: float
+) -> dict[str, Any]:
+    n = int(d_in.size)
     det = detection_metrics(d_in, d_out, eps)
-    out: dict[str, Any] = {
+    return {
         "n_samples": n,
         "clean_accuracy": float(correct.mean()) if n else float("nan"),
         "robust_accuracy_attack": robust_accuracy_attack(correct, d_in, eps),
         "kendall_tau": kendall_tau(d_in, d_out),
-        "kendall_tau_feature": float("nan"),
+        "kendall_tau_feature": float("nan"),  # filled in by _feature_metrics when available
         "spearman": spearman(d_in, d_out),
         "pearson": pearson(d_in, d_out),
         "auroc": det["auroc"],
@@ -493,6 +528,10 @@ def summarize(
         "detection_skipped": det["skipped"],
         "n_attack_failures": int(failed.sum()),
     }
+
+
+def _cost_totals(samples: pd.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key, col in (
         ("attack_seconds_total", "attack_seconds"),
         ("n_forward_total", "n_forward"),
@@ -501,39 +540,17 @@ def summarize(
         v = _col(samples, col)
         total = float(np.nansum(v)) if v is not None else float("nan")
         out[key] = int(total) if key.startswith("n_") and not math.isnan(total) else total
+    return out
 
+
+def _feature_metrics(samples: pd.DataFrame, d_in: np.ndarray, d_out: np.ndarray, eps: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     fm = _col(samples, "feature_margin")
     if fm is not None:
         out["kendall_tau_feature"] = kendall_tau(d_in, fm)
-        fdet = detection_metrics(d_in, fm, eps)
-        out["feature"] = {"kendall_tau": out["kendall_tau_feature"], **fdet}
+        out["feature"] = {"kendall_tau": out["kendall_tau_feature"], **detection_metrics(d_in, fm, eps)}
     fd = _col(samples, "feature_distance")
     if fd is not None:
         out["kendall_tau_feature_distance"] = kendall_tau(d_in, fd)
         out["kendall_tau_logit_vs_feature_distance"] = kendall_tau(fd, d_out)
-
-    out["per_eps"] = eps_sweep(d_in, d_out, eps_list)
-
-    if class_column in samples.columns:
-        out["per_class_tau"] = {
-            str(k): v for k, v in per_class_tau(d_in, d_out, samples[class_column]).items()
-        }
-
-    out["robust_acc_from_subset"] = {
-        "algorithm1": robust_accuracy_from_subset(
-            d_in, d_out, correct, eps, n_subset=n_subset, n_repeats=n_repeats, seed=seed
-        ),
-        "tpr95": robust_accuracy_from_subset(
-            d_in, d_out, correct, eps, n_subset=n_subset, n_repeats=n_repeats, seed=seed,
-            alpha=0.95,
-        ),
-    }
-
-    adv = _col(samples, "adv_logit_margin")
-    if adv is not None:
-        out["adversarial_margin"] = adversarial_margin_check(adv, d_in, d_out, eps)
-
-    pm = _col(samples, "pseudo_margin")
-    if pm is not None:
-        out["pseudo"] = score_metrics(d_in, pm, eps)
-    return json_clean(out)
+    return out

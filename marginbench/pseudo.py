@@ -148,6 +148,70 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
         return {k: getattr(cfg, k) for k in PseudoConfig.__dataclass_fields__ if hasattr(cfg, k)}
 
 
+def _finite_training_pairs(inputs: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(inputs, margins, n excluded): rows whose margin is +inf (a failed attack) or whose
+    inputs are not finite say nothing about the margin and are left out."""
+    x = np.asarray(inputs, dtype=np.float32)
+    d = np.asarray(margins, dtype=np.float64).ravel()
+    if x.ndim != 2 or len(x) != len(d):
+        raise MarginbenchError(
+            f"pseudo-margin inputs {x.shape} and margins {d.shape} do not match; pass one row "
+            "of logits/features per margin"
+        )
+    keep = np.isfinite(d) & (d >= 0) & np.isfinite(x).all(axis=1)
+    if int(keep.sum()) < MIN_TRAIN_SAMPLES:
+        raise MarginbenchError(
+            f"only {int(keep.sum())} training samples have a finite input margin; raise pseudo.n_train "
+            "or use a stronger attack"
+        )
+    return x[keep], d[keep], int((~keep).sum())
+
+
+def _train_val_split(n: int, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.arange(n)
+    if 0 < val_fraction < 1:
+        tr_idx, va_idx = train_test_split(idx, test_size=val_fraction, random_state=split_seed)
+        return tr_idx, va_idx
+    return idx, idx[:0]
+
+
+def _fit(
+    net: nn.Module, x: np.ndarray, target: np.ndarray, tr_idx: np.ndarray, va_idx: np.ndarray,
+    lr: float, epochs: int, dev: torch.device,
+) -> dict[str, Any]:
+    """Full-batch Adam on MSE; the history of train and validation losses."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = nn.MSELoss()
+    xt = torch.from_numpy(x).to(dev)
+    yt = torch.from_numpy(target.astype(np.float32)).to(dev).unsqueeze(1)
+    tr = torch.from_numpy(tr_idx).to(dev)
+    va = torch.from_numpy(va_idx).to(dev)
+    train_loss: list[float] = []
+    val_loss: list[float] = []
+    for _ in range(epochs):
+        net.train()
+        opt.zero_grad()
+        loss = loss_fn(net(xt[tr]), yt[tr])
+        loss.backward()
+        opt.step()
+        train_loss.append(float(loss.detach()))
+        if len(va_idx):
+            net.eval()
+            with torch.no_grad():
+                val_loss.append(float(loss_fn(net(xt[va]), yt[va])))
+    net.eval()
+    with torch.no_grad():
+        final_train = float(loss_fn(net(xt[tr]), yt[tr]))
+    return {
+        "train_mse": train_loss,
+        "val_mse": val_loss,
+        "final_train_mse": final_train,
+        "initial_train_mse": train_loss[0] if train_loss else float("nan"),
+        "n_train": int(len(tr_idx)),
+        "n_val": int(len(va_idx)),
+    }
+
+
 def train_pseudo_margin(
     inputs: np.ndarray,
     margins: np.ndarray,
@@ -165,80 +229,25 @@ def train_pseudo_margin(
     """
     c = _config_dict(cfg)
     variant = str(c.get("variant", "code"))
-    x = np.asarray(inputs, dtype=np.float32)
-    d = np.asarray(margins, dtype=np.float64).ravel()
-    if x.ndim != 2 or len(x) != len(d):
-        raise MarginbenchError(
-            f"pseudo-margin inputs {x.shape} and margins {d.shape} do not match; pass one row "
-            "of logits/features per margin"
-        )
-    keep = np.isfinite(d) & (d >= 0) & np.isfinite(x).all(axis=1)
-    n_excluded = int((~keep).sum())
-    x, d = x[keep], d[keep]
-    if len(d) < MIN_TRAIN_SAMPLES:
-        raise MarginbenchError(
-            f"only {len(d)} training samples have a finite input margin; raise pseudo.n_train "
-            "or use a stronger attack"
-        )
+    x, d, n_excluded = _finite_training_pairs(inputs, margins)
     target = np.sqrt(d)
     t_max = float(target.max())
     scale = 1.0 if t_max <= _SIGMOID_CEILING else t_max / _SIGMOID_CEILING
     target = target / scale
-
-    val_fraction = float(c.get("val_fraction", 0.2))
-    idx = np.arange(len(d))
-    if 0 < val_fraction < 1:
-        tr_idx, va_idx = train_test_split(
-            idx, test_size=val_fraction, random_state=int(c.get("split_seed", 0))
-        )
-    else:
-        tr_idx, va_idx = idx, idx[:0]
-
+    tr_idx, va_idx = _train_val_split(len(d), float(c.get("val_fraction", 0.2)), int(c.get("split_seed", 0)))
     mean = std = None
-    if variant == "text":
+    if variant == "text":  # features are standardised on the training part only
         mean = x[tr_idx].mean(axis=0)
         std = x[tr_idx].std(axis=0)
         std = np.where(std > 1e-8, std, 1.0).astype(np.float32)
         x = (x - mean) / std
-
     dev = torch.device(device) if device is not None else torch.device("cpu")
     hidden = int(c.get("hidden", 512))
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         net = build_network(variant, x.shape[1], hidden).to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=float(c.get("lr", 1e-4)))
-    loss_fn = nn.MSELoss()
-    xt = torch.from_numpy(x).to(dev)
-    yt = torch.from_numpy(target.astype(np.float32)).to(dev).unsqueeze(1)
-    tr = torch.from_numpy(tr_idx).to(dev)
-    va = torch.from_numpy(va_idx).to(dev)
-
-    train_loss: list[float] = []
-    val_loss: list[float] = []
-    for _ in range(int(c.get("epochs", 500))):
-        net.train()
-        opt.zero_grad()
-        loss = loss_fn(net(xt[tr]), yt[tr])
-        loss.backward()
-        opt.step()
-        train_loss.append(float(loss.detach()))
-        if len(va_idx):
-            net.eval()
-            with torch.no_grad():
-                val_loss.append(float(loss_fn(net(xt[va]), yt[va])))
-    net.eval()
-    with torch.no_grad():
-        final_train = float(loss_fn(net(xt[tr]), yt[tr]))
-    history = {
-        "train_mse": train_loss,
-        "val_mse": val_loss,
-        "final_train_mse": final_train,
-        "initial_train_mse": train_loss[0] if train_loss else float("nan"),
-        "n_train": int(len(tr_idx)),
-        "n_val": int(len(va_idx)),
-        "n_excluded_failed": n_excluded,
-        "seed": int(seed),
-    }
+    history = _fit(net, x, target, tr_idx, va_idx, float(c.get("lr", 1e-4)), int(c.get("epochs", 500)), dev)
+    history.update(n_excluded_failed=n_excluded, seed=int(seed))
     return PseudoMarginModel(
         variant=variant,
         in_features=int(x.shape[1]),
