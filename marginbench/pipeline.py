@@ -665,7 +665,7 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
         for name in ("summary.json", "samples.csv"):
             shutil.copyfile(record.file(name), run_dir / name)
         if cfg.plots:
-            from marginbench.report.figures import plot_run
+            from marginbench.report.run_plots import plot_run
 
             plot_run(samples, summary, run_dir)
     wall = time.perf_counter() - started

@@ -13,7 +13,7 @@ import pytest
 
 from marginbench import metrics
 from marginbench.report import build_all, figures, load_runs
-from marginbench.report.figures import plot_run
+from marginbench.report.run_plots import plot_run
 from marginbench.versions import MARGINS_VERSION, STAGE_VERSIONS
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
