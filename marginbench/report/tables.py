@@ -21,6 +21,7 @@ from marginbench.report.render import Column, Table, write_table
 from marginbench.report.runs import (
     RunRecord,
     _num,
+    _percent,
     published_accuracy,
     ref_row,
 )
@@ -38,10 +39,6 @@ def section_of(rec: RunRecord) -> str:
 def _section_order(rec: RunRecord) -> tuple:
     order = {("cifar10", "Linf"): 0, ("cifar100", "Linf"): 1}
     return (order.get((rec.dataset, rec.norm), 2), rec.dataset, rec.norm, rec.eps)
-
-
-def _pct(v: Any) -> float:
-    return _num(v) * 100
 
 
 def _score_from_samples(rec: RunRecord, column: str) -> dict[str, Any] | None:
@@ -106,14 +103,14 @@ def table1(records: Sequence[RunRecord], refs: dict[str, pd.DataFrame]) -> Table
             "robustbench_id": rec.robustbench_id or "",
             "attack": rec.attack,
             "n_samples": rec.get("n_samples"),
-            "acc": _pct(rec.summary.get("clean_accuracy")),
+            "acc": _percent(rec.summary.get("clean_accuracy")),
             "acc_published": clean_pub,
-            "rob_acc_attack": _pct(rec.summary.get("robust_accuracy_attack")),
+            "rob_acc_attack": _percent(rec.summary.get("robust_accuracy_attack")),
             "rob_acc_published": rob_pub,
             "tau": rec.tau,
-            "auroc": _pct(rec.summary.get("auroc")),
-            "aupr": _pct(rec.summary.get("aupr")),
-            "fpr95": _pct(rec.summary.get("fpr_at_95")),
+            "auroc": _percent(rec.summary.get("auroc")),
+            "aupr": _percent(rec.summary.get("aupr")),
+            "fpr95": _percent(rec.summary.get("fpr_at_95")),
             **paper_cells(ref, ref_tau="tau", ref_auroc="auroc", ref_aupr="aupr",
                           ref_fpr95="fpr95"),
             "n_attack_failures": rec.get("n_attack_failures"),
@@ -229,8 +226,8 @@ def table2(records: Sequence[RunRecord], refs: dict[str, pd.DataFrame]) -> Table
                 f"pseudo-margin ({variant})" if variant else "pseudo-margin")
             rows.append({
                 "section": section_of(rec), "code": rec.code, "score": label,
-                "tau": _num(m.get("kendall_tau")), "auroc": _pct(m.get("auroc")),
-                "aupr": _pct(m.get("aupr")), "fpr95": _pct(m.get("fpr_at_95")),
+                "tau": _num(m.get("kendall_tau")), "auroc": _percent(m.get("auroc")),
+                "aupr": _percent(m.get("aupr")), "fpr95": _percent(m.get("fpr_at_95")),
                 **paper_cells(ref, ref_tau="tau", ref_auroc="auroc", ref_aupr="aupr",
                               ref_fpr95="fpr95"),
             })
@@ -314,7 +311,7 @@ def table4(records: Sequence[RunRecord], refs: dict[str, pd.DataFrame]) -> Table
             "section": section_of(rec), "code": rec.code,
             "adv_p99": _num(m.get("adv_logit_margin_p99")),
             "lambda95": _num(m.get("logit_margin_threshold_95")),
-            "adv_flagged": _pct(m.get("adv_flagged_share")),
+            "adv_flagged": _percent(m.get("adv_flagged_share")),
             "n_adv": _num(m.get("n_adv")),
         })
     notes = ["99th percentile of the logit margin at the adversarial examples (successful "
@@ -368,11 +365,11 @@ def table5(records: Sequence[RunRecord], refs: dict[str, pd.DataFrame]) -> Table
         a1, t95 = r.get("algorithm1", {}), r.get("tpr95", {})
         _, pub, _ = published_accuracy(rec, refs)
         ref = ref_row(refs, "robust_acc_500_reference", rec.code)
-        alg1 = _pct(a1.get("estimate"))
-        attack = _pct(rec.summary.get("robust_accuracy_attack"))
+        alg1 = _percent(a1.get("estimate"))
+        attack = _percent(rec.summary.get("robust_accuracy_attack"))
         rows.append({
             "section": section_of(rec), "code": rec.code, "rob_acc_attack": attack,
-            "alg1": alg1, "alg1_std": _pct(a1.get("std")), "tpr95": _pct(t95.get("estimate")),
+            "alg1": alg1, "alg1_std": _percent(a1.get("std")), "tpr95": _percent(t95.get("estimate")),
             "published": pub, "err_attack": abs(alg1 - attack), "err_published": abs(alg1 - pub),
             **paper_cells(ref, ref_500="robust_acc_500", ref_published="robust_acc_published"),
         })
