@@ -138,7 +138,7 @@ def write_run_dir(run_dir: Path, record: Any, samples: pd.DataFrame, summary: di
     for name in ("summary.json", "samples.csv"):
         shutil.copyfile(record.file(name), run_dir / name)
     if plots:
-        from marginbench.report.figures import plot_run
+        from marginbench.report.run_plots import plot_run
 
         plot_run(samples, summary, run_dir)
 

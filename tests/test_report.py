@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -13,7 +14,14 @@ import pytest
 
 from marginbench import metrics
 from marginbench.report import build_all, figures, load_runs
-from marginbench.report.figures import plot_run
+from marginbench.report.common import (
+    new_figure,
+    paper_cells,
+    per_model_figures,
+    robust_acc_to_plot,
+)
+from marginbench.report.run_plots import plot_run
+from marginbench.report.runs import RunRecord, load_reference, ref_row
 from marginbench.versions import MARGINS_VERSION, STAGE_VERSIONS
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
@@ -162,7 +170,7 @@ def test_report_does_not_import_torch():
     import sys
 
     code = ("import sys, marginbench.report, marginbench.report.tables, "
-            "marginbench.report.figures, marginbench.metrics; "
+            "marginbench.report.figures, marginbench.report.run_plots, marginbench.metrics; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -180,3 +188,56 @@ def test_fig4_axis_names_the_robust_accuracy_plotted(published, attack_based, sa
     assert says in label
     if does_not_say:
         assert does_not_say not in label
+
+
+def test_paper_cells_put_the_reference_row_beside_ours():
+    ref = ref_row(load_reference(REFERENCE_DIR), "table1_reference", "ad10")
+    cells = paper_cells(ref, ref_tau="tau", ref_fpr95="fpr95", ref_missing="no_such_column")
+    assert cells["ref_tau"] == 0.82 and cells["ref_fpr95"] == 13.26
+    assert math.isnan(cells["ref_missing"])  # a column the reference lacks: "–" in the table
+    assert cells["ref_source"] == "[NB]" and list(cells) == [
+        "ref_tau", "ref_fpr95", "ref_missing", "ref_source"]
+    assert paper_cells({"tau": "0.5", "source": "[P]"}, ref_tau="tau") == {
+        "ref_tau": 0.5, "ref_source": "[P]"}  # reference CSVs may hold numbers as text
+    none = paper_cells(None, ref_tau="tau", ref_auroc="auroc")  # no reference row
+    assert set(none) == {"ref_tau", "ref_auroc", "ref_source"} and none["ref_source"] == ""
+    assert math.isnan(none["ref_tau"]) and math.isnan(none["ref_auroc"])
+
+
+def test_robust_acc_to_plot_is_the_published_value_else_ours(tmp_path):
+    published = RunRecord(tmp_path, {"model_code": "AD10", "clean_accuracy_published": 0.85,
+                                     "robust_accuracy_published": 0.5106,
+                                     "robust_accuracy_attack": 0.47})
+    assert robust_acc_to_plot(published, {}) == (pytest.approx(51.06), True)
+    zoo = RunRecord(tmp_path, {"model_code": "fm_madry", "robust_accuracy_attack": 0.703})
+    assert robust_acc_to_plot(zoo, {}) == (pytest.approx(70.3), False)
+
+
+def test_per_model_figures_name_skip_and_keep_up_to_date_figures(tmp_path):
+    records = []
+    for code in ("A/1", "B"):
+        d = tmp_path / "runs" / code.replace("/", "_")
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text("{}")
+        records.append(RunRecord(d, {"model_code": code, "dataset": "cifar10", "norm": "L2"}))
+    drawn = []
+
+    def draw(rec):  # B has nothing to draw
+        drawn.append(rec.code)
+        return None if rec.code == "B" else new_figure(1, 1)[0]
+
+    out = tmp_path / "figures"
+    paths = per_model_figures(records, out, "figX", draw, force=False)
+    assert [p.name for p in paths] == ["figX_A_1_cifar10_L2.png", "figX_A_1_cifar10_L2.pdf"]
+    assert drawn == ["A/1", "B"] and all(p.is_file() for p in paths)
+    drawn.clear()  # a rebuild keeps A's figure without drawing it...
+    assert per_model_figures(records, out, "figX", draw, force=False) == paths
+    assert drawn == ["B"]
+    drawn.clear()  # ...unless forced...
+    assert per_model_figures(records, out, "figX", draw, force=True) == paths
+    assert drawn == ["A/1", "B"]
+    drawn.clear()  # ...or its run record is newer than the figure
+    later = paths[0].stat().st_mtime + 10
+    os.utime(records[0].path / "summary.json", (later, later))
+    assert per_model_figures(records, out, "figX", draw, force=False) == paths
+    assert drawn == ["A/1", "B"]

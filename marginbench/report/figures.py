@@ -1,32 +1,37 @@
-"""Figures 3-11 of the paper (PNG + PDF) and the per-run figures, from run records only.
+"""Figures 3-11 of the paper (PNG + PDF), from run records only.
 
-Uses matplotlib's object-oriented API on ``matplotlib.figure.Figure`` (Agg canvas): no pyplot,
-so importing this module never changes the user's backend.
+matplotlib's object-oriented API on ``matplotlib.figure.Figure`` (Agg canvas, report.common):
+no pyplot, so importing this module never changes the user's backend. The per-run figures
+the pipeline draws after each run are in report.run_plots.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from marginbench import metrics
-from marginbench.report.runs import RunRecord, _num, published_accuracy
+from marginbench.report.common import (
+    eps_label,
+    group_title,
+    new_figure,
+    norm_label,
+    per_model_figures,
+    robust_acc_to_plot,
+    safe_name,
+    samples_column,
+    save_figure,
+    tau_text,
+)
+from marginbench.report.runs import RunRecord, _num
 
-# Unicode rather than mathtext: mathtext parsing dominated the drawing time.
-NORM_LABEL = {"Linf": "L∞", "L2": "L₂"}
-DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
-                 "fashion_mnist": "Fashion-MNIST"}
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck"]
-PNG_DPI = 150
 # Figure 6 is about the weakly margin-consistent models [P].
 PSEUDO_FIRST = ("DI0", "XU80")
 
@@ -34,65 +39,11 @@ PSEUDO_FIRST = ("DI0", "XU80")
 # --------------------------------------------------------------------------- basics
 
 
-def _new_figure(w: float = 7.0, h: float = 4.5, nrows: int = 1, ncols: int = 1, **kw):
-    fig = Figure(figsize=(w, h), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
-    return fig, axes
-
-
-def _save(fig: Figure, out_dir: Path, stem: str, pdf: bool = True) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # run the constrained layout once, then freeze it: savefig would redo it per format
-    engine = fig.get_layout_engine()
-    if engine is not None:
-        engine.execute(fig)
-        fig.set_layout_engine("none")
-    paths = [out_dir / f"{stem}.png"]
-    fig.savefig(paths[0], dpi=PNG_DPI)
-    if pdf:
-        paths.append(out_dir / f"{stem}.pdf")
-        fig.savefig(paths[1])
-    return paths
-
-
-def _up_to_date(out_dir: Path, stem: str, rec: RunRecord) -> list[Path] | None:
-    """The PNG+PDF of a per-model figure when both are newer than the run record and this
-    module (incremental rebuilds: per-model figures dominate the drawing time)."""
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    if not all(p.is_file() for p in paths):
-        return None
-    sources = [Path(__file__)] + [rec.path / f for f in ("summary.json", "samples.csv",
-                                                          "meta.json", "head_weight.npy")]
-    newest = max(p.stat().st_mtime for p in sources if p.exists())
-    return paths if min(p.stat().st_mtime for p in paths) >= newest else None
-
-
-def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_")
-
-
-def _norm_label(norm: str) -> str:
-    return NORM_LABEL.get(norm, norm)
-
-
-def _eps_label(eps: float) -> str:
-    k = metrics.eps_key(eps)
-    return k
-
-
 def _colors(n: int) -> list:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _arr(df: pd.DataFrame, col: str) -> np.ndarray | None:
-    if df is None or col not in df.columns:
-        return None
-    v = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
-    return None if np.isnan(v).all() else v
 
 
 def binned_medians(x: np.ndarray, y: np.ndarray, bins: int = 20, lo: float = 5, hi: float = 95
@@ -146,14 +97,6 @@ def _groups(records: Sequence[RunRecord]) -> dict[tuple[str, str], list[RunRecor
     return g
 
 
-def _title(dataset: str, norm: str) -> str:
-    return f"{DATASET_NAMES.get(dataset, dataset)}, {_norm_label(norm)}"
-
-
-def _tau_str(t: float) -> str:
-    return f"{t:.2f}" if math.isfinite(t) else "n/a"
-
-
 # --------------------------------------------------------------------------- Figure 3
 
 
@@ -164,23 +107,23 @@ def fig3(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
         recs = sorted([r for r in recs if r.has_samples], key=lambda r: -_num(r.tau))
         if not recs:
             continue
-        fig, ax = _new_figure(8.5 if len(recs) > 8 else 7, 4.8)
+        fig, ax = new_figure(8.5 if len(recs) > 8 else 7, 4.8)
         ax = ax[0, 0]
         n = 0
         for rec, c in zip(recs, _colors(len(recs)), strict=False):
             s = rec.samples()
-            b = binned_medians(_arr(s, "input_margin"), _arr(s, "logit_margin"))
+            b = binned_medians(samples_column(s, "input_margin"), samples_column(s, "logit_margin"))
             if b is None:
                 continue
             ax.errorbar(*b[:2], yerr=b[2], fmt="o-", ms=3.5, capsize=2.5, lw=1.2, color=c,
-                        label=f"{rec.code}({_tau_str(rec.tau)})")
+                        label=f"{rec.code}({tau_text(rec.tau)})")
             n += 1
-        ax.set_xlabel(f"input margin ({_norm_label(norm)}, 5–95th percentile)")
+        ax.set_xlabel(f"input margin ({norm_label(norm)}, 5–95th percentile)")
         ax.set_ylabel("logit margin (min–max normalised, bin median)")
-        ax.set_title(f"Logit margin vs input margin — {_title(ds, norm)}")
+        ax.set_title(f"Logit margin vs input margin — {group_title(ds, norm)}")
         ax.grid(alpha=0.3)
         _legend(ax, n, "model (Kendall τ)")
-        paths += _save(fig, out_dir, f"fig3_logit_vs_input_margin_{_safe(ds)}_{norm}")
+        paths += save_figure(fig, out_dir, f"fig3_logit_vs_input_margin_{safe_name(ds)}_{norm}")
     return paths
 
 
@@ -192,7 +135,7 @@ def fig4(records: Sequence[RunRecord], out_dir: Path, refs: dict[str, pd.DataFra
     """Kendall τ vs published robust accuracy, one point per model."""
     if not records:
         return []
-    fig, ax = _new_figure(7, 4.8)
+    fig, ax = new_figure(7, 4.8)
     ax = ax[0, 0]
     markers = ["o", "s", "^", "D", "v", "P"]
     groups = _groups(records)
@@ -200,25 +143,19 @@ def fig4(records: Sequence[RunRecord], out_dir: Path, refs: dict[str, pd.DataFra
     for i, ((ds, norm), recs) in enumerate(groups.items()):
         pub_x, pub_y, att_x, att_y, labels = [], [], [], [], []
         for rec in recs:
-            _, rob_pub, _ = published_accuracy(rec, {**refs})
-            if math.isfinite(rob_pub):
-                pub_x.append(rob_pub)
-                pub_y.append(rec.tau)
-                labels.append((rob_pub, rec.tau, rec.code))
-            else:
-                att = rec.get("robust_accuracy_attack") * 100
-                att_x.append(att)
-                att_y.append(rec.tau)
-                labels.append((att, rec.tau, rec.code))
+            x, published = robust_acc_to_plot(rec, refs)
+            (pub_x if published else att_x).append(x)
+            (pub_y if published else att_y).append(rec.tau)
+            labels.append((x, rec.tau, rec.code))
         any_published |= bool(pub_x)
         any_attack_based |= bool(att_x)
         c = _colors(len(groups))[i]
         mk = markers[i % len(markers)]
         if pub_x:
-            ax.scatter(pub_x, pub_y, color=c, marker=mk, s=40, label=_title(ds, norm))
+            ax.scatter(pub_x, pub_y, color=c, marker=mk, s=40, label=group_title(ds, norm))
         if att_x:
             ax.scatter(att_x, att_y, facecolors="none", edgecolors=c, marker=mk, s=40,
-                       label=f"{_title(ds, norm)} (attack-based Rob.Acc, no published value)")
+                       label=f"{group_title(ds, norm)} (attack-based Rob.Acc, no published value)")
         for x, y, code in labels:
             if math.isfinite(x) and math.isfinite(y):
                 ax.annotate(code, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
@@ -227,7 +164,7 @@ def fig4(records: Sequence[RunRecord], out_dir: Path, refs: dict[str, pd.DataFra
     ax.set_title("Margin consistency vs robust accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, out_dir, "fig4_tau_vs_robust_accuracy")
+    return save_figure(fig, out_dir, "fig4_tau_vs_robust_accuracy")
 
 
 def _fig4_xlabel(any_published: bool, any_attack_based: bool) -> str:
@@ -248,27 +185,27 @@ def fig5(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
     """Feature distance vs input margin, and logit margin vs feature distance."""
     paths = []
     for (ds, norm), recs in _groups(records).items():
-        recs = [r for r in recs if r.has_samples and _arr(r.samples(), "feature_distance")
+        recs = [r for r in recs if r.has_samples and samples_column(r.samples(), "feature_distance")
                 is not None]
         if not recs:
             continue
-        fig, axes = _new_figure(12, 4.8, 1, 2)
+        fig, axes = new_figure(12, 4.8, 1, 2)
         cols = _colors(len(recs))
         n = 0
         for rec, c in zip(sorted(recs, key=lambda r: -_num(r.tau)), cols, strict=False):
             s = rec.samples()
-            d_in, fd, d_out = (_arr(s, k) for k in ("input_margin", "feature_distance",
+            d_in, fd, d_out = (samples_column(s, k) for k in ("input_margin", "feature_distance",
                                                      "logit_margin"))
             b1 = binned_medians(d_in, fd)
             b2 = binned_medians(fd, d_out)
             if b1 is not None:
                 axes[0, 0].errorbar(*b1[:2], yerr=b1[2], fmt="o-", ms=3, capsize=2, color=c,
-                                    label=f"{rec.code}({_tau_str(metrics.kendall_tau(d_in, fd))})")
+                                    label=f"{rec.code}({tau_text(metrics.kendall_tau(d_in, fd))})")
                 n += 1
             if b2 is not None:
                 axes[0, 1].errorbar(*b2[:2], yerr=b2[2], fmt="o-", ms=3, capsize=2, color=c,
-                                    label=f"{rec.code}({_tau_str(metrics.kendall_tau(fd, d_out))})")
-        axes[0, 0].set_xlabel(f"input margin ({_norm_label(norm)})")
+                                    label=f"{rec.code}({tau_text(metrics.kendall_tau(fd, d_out))})")
+        axes[0, 0].set_xlabel(f"input margin ({norm_label(norm)})")
         axes[0, 0].set_ylabel("feature distance ‖h(x) − h(x_adv)‖ (min–max normalised)")
         axes[0, 0].set_title("(a) feature distance vs input margin")
         axes[0, 1].set_xlabel("feature distance ‖h(x) − h(x_adv)‖")
@@ -277,8 +214,8 @@ def fig5(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
         for ax in axes[0]:
             ax.grid(alpha=0.3)
             _legend(ax, n, "model (Kendall τ)")
-        fig.suptitle(_title(ds, norm))
-        paths += _save(fig, out_dir, f"fig5_feature_distance_{_safe(ds)}_{norm}")
+        fig.suptitle(group_title(ds, norm))
+        paths += save_figure(fig, out_dir, f"fig5_feature_distance_{safe_name(ds)}_{norm}")
     return paths
 
 
@@ -287,30 +224,30 @@ def fig5(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
 
 def fig6(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
     """Logit margin and learned pseudo-margin vs input margin (DI0, XU80 first)."""
-    recs = [r for r in records if r.has_samples and _arr(r.samples(), "pseudo_margin")
+    recs = [r for r in records if r.has_samples and samples_column(r.samples(), "pseudo_margin")
             is not None]
     if not recs:
         return []
     recs.sort(key=lambda r: (r.code not in PSEUDO_FIRST, PSEUDO_FIRST.index(r.code)
                              if r.code in PSEUDO_FIRST else 0, r.code))
     recs = recs[:4]
-    fig, axes = _new_figure(5.5 * len(recs), 4.5, 1, len(recs))
+    fig, axes = new_figure(5.5 * len(recs), 4.5, 1, len(recs))
     for ax, rec in zip(axes[0], recs, strict=False):
         s = rec.samples()
-        d_in = _arr(s, "input_margin")
+        d_in = samples_column(s, "input_margin")
         for col, name, c in (("logit_margin", "logit margin", "C0"),
                              ("pseudo_margin", "pseudo-margin", "C3")):
-            v = _arr(s, col)
+            v = samples_column(s, col)
             b = binned_medians(d_in, v)
             if b is not None:
                 ax.errorbar(*b[:2], yerr=b[2], fmt="o-", ms=3.5, capsize=2.5, color=c,
-                            label=f"{name} (τ={_tau_str(metrics.kendall_tau(d_in, v))})")
-        ax.set_xlabel(f"input margin ({_norm_label(rec.norm)})")
+                            label=f"{name} (τ={tau_text(metrics.kendall_tau(d_in, v))})")
+        ax.set_xlabel(f"input margin ({norm_label(rec.norm)})")
         ax.set_ylabel("margin (min–max normalised, bin median)")
-        ax.set_title(f"{rec.code} — {_title(rec.dataset, rec.norm)}")
+        ax.set_title(f"{rec.code} — {group_title(rec.dataset, rec.norm)}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    return _save(fig, out_dir, "fig6_pseudo_margin")
+    return save_figure(fig, out_dir, "fig6_pseudo_margin")
 
 
 # --------------------------------------------------------------------------- Figure 7
@@ -346,7 +283,7 @@ def roc_pr_axes(ax_roc, ax_pr, d_in: np.ndarray, d_out: np.ndarray, eps_list: Se
             min_share=metrics.SKIP_MIN_SHARE if skip_rule else 0.0,
             max_share=metrics.SKIP_MAX_SHARE if skip_rule else 1.0)
         curves = metrics.detection_curves(d_in, d_out, eps) if not det["skipped"] else None
-        lab = f"ε={_eps_label(eps)}"
+        lab = f"ε={eps_label(eps)}"
         if curves is None:
             ax_roc.plot([], [], color=c, label=f"{lab}: skipped (non-robust share "
                         f"{100 * det['nonrobust_share']:.2f}%)")
@@ -371,23 +308,19 @@ def roc_pr_axes(ax_roc, ax_pr, d_in: np.ndarray, d_out: np.ndarray, eps_list: Se
 
 def fig7(records: Sequence[RunRecord], out_dir: Path, force: bool = True) -> list[Path]:
     """ROC and PR curves for every ε of the sweep, one figure per model."""
-    paths = []
-    for rec in records:
-        stem = f"fig7_roc_pr_{_safe(rec.code)}_{_safe(rec.dataset)}_{rec.norm}"
-        done = None if force else _up_to_date(out_dir, stem, rec)
-        if done:
-            paths += done
-            continue
-        s = rec.samples()
-        if s is None:
-            continue
-        fig, axes = _new_figure(11, 4.6, 1, 2)
-        roc_pr_axes(axes[0, 0], axes[0, 1], _arr(s, "input_margin"), _arr(s, "logit_margin"),
-                    _eps_values(rec))
-        fig.suptitle(f"{rec.code} — {_title(rec.dataset, rec.norm)}: detecting non-robust "
-                     f"samples (input margin ≤ ε)")
-        paths += _save(fig, out_dir, stem)
-    return paths
+    return per_model_figures(records, out_dir, "fig7_roc_pr", _roc_pr_figure, force=force)
+
+
+def _roc_pr_figure(rec: RunRecord) -> Figure | None:
+    s = rec.samples()
+    if s is None:
+        return None
+    fig, axes = new_figure(11, 4.6, 1, 2)
+    roc_pr_axes(axes[0, 0], axes[0, 1], samples_column(s, "input_margin"),
+                samples_column(s, "logit_margin"), _eps_values(rec))
+    fig.suptitle(f"{rec.code} — {group_title(rec.dataset, rec.norm)}: detecting non-robust "
+                 f"samples (input margin ≤ ε)")
+    return fig
 
 
 # --------------------------------------------------------------------------- Figures 8-9
@@ -409,7 +342,7 @@ def fig8_9(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
         if not data:
             continue
         q = {"Linf": "₁", "L2": "₂"}.get(norm, "_q")
-        fig, axes = _new_figure(max(7.0, 0.55 * len(data) * 2 + 2), 4.6, 1, 2)
+        fig, axes = new_figure(max(7.0, 0.55 * len(data) * 2 + 2), 4.6, 1, 2)
         labels = [c for c, _ in data]
         vals = [v for _, v in data]
         rel = [v / v.mean() if v.mean() > 0 else v for v in vals]
@@ -426,9 +359,9 @@ def fig8_9(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
             ax.tick_params(axis="x", rotation=45 if len(labels) > 6 else 0, labelsize=8)
             ax.grid(alpha=0.3, axis="y")
         axes[0, 1].axhline(1.0, color="grey", ls=":", lw=1)
-        fig.suptitle(f"Equidistance of the linear head over class pairs — {_title(ds, norm)}")
+        fig.suptitle(f"Equidistance of the linear head over class pairs — {group_title(ds, norm)}")
         num = "9" if ds == "cifar100" else "8"
-        paths += _save(fig, out_dir, f"fig{num}_equidistance_{_safe(ds)}_{norm}")
+        paths += save_figure(fig, out_dir, f"fig{num}_equidistance_{safe_name(ds)}_{norm}")
     return paths
 
 
@@ -438,25 +371,10 @@ def fig8_9(records: Sequence[RunRecord], out_dir: Path) -> list[Path]:
 def fig10(records: Sequence[RunRecord], out_dir: Path, refs: dict[str, pd.DataFrame],
           subset_fn: Callable[[RunRecord], dict | None]) -> list[Path]:
     """Robust accuracy estimated from 500 samples vs published, one point per model."""
-    pts = []
-    repeats: set[int] = set()
-    for rec in records:
-        r = subset_fn(rec)
-        if r is None:
-            continue
-        _, pub, _ = published_accuracy(rec, refs)
-        x_is_pub = math.isfinite(pub)
-        x = pub if x_is_pub else rec.get("robust_accuracy_attack") * 100
-        a1 = r.get("algorithm1", {})
-        t95 = r.get("tpr95", {})
-        repeats.add(int(_num(a1.get("n_repeats"))) if math.isfinite(_num(a1.get("n_repeats")))
-                    else 0)
-        pts.append((rec.code, x, x_is_pub, 100 * _num(a1.get("estimate")),
-                    100 * _num(a1.get("std")), 100 * _num(t95.get("estimate")),
-                    100 * _num(t95.get("std"))))
+    pts, repeats = _subset_points(records, refs, subset_fn)
     if not pts:
         return []
-    fig, ax = _new_figure(6.5, 5.5)
+    fig, ax = new_figure(6.5, 5.5)
     ax = ax[0, 0]
     for name, m, yi, si, c in (("Algorithm 1 (α chosen on the subset)", "o", 3, 4, "C0"),
                                ("fixed 95%-TPR threshold", "s", 5, 6, "C1")):
@@ -493,7 +411,28 @@ def fig10(records: Sequence[RunRecord], out_dir: Path, refs: dict[str, pd.DataFr
     ax.set_title(f"Robust accuracy from 500 attacked samples ({rep}, mean ± std)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, loc="upper left")
-    return _save(fig, out_dir, "fig10_robust_accuracy_500")
+    return save_figure(fig, out_dir, "fig10_robust_accuracy_500")
+
+
+def _subset_points(records: Sequence[RunRecord], refs: dict[str, pd.DataFrame],
+                   subset_fn: Callable[[RunRecord], dict | None]) -> tuple[list[tuple], set[int]]:
+    """Figure 10's points, (code, x, x is published, Alg. 1 %, its std, 95%-TPR %, its std),
+    and the set of repeat counts (the title names it when all runs agree)."""
+    pts = []
+    repeats: set[int] = set()
+    for rec in records:
+        r = subset_fn(rec)
+        if r is None:
+            continue
+        x, x_is_pub = robust_acc_to_plot(rec, refs)
+        a1 = r.get("algorithm1", {})
+        t95 = r.get("tpr95", {})
+        repeats.add(int(_num(a1.get("n_repeats"))) if math.isfinite(_num(a1.get("n_repeats")))
+                    else 0)
+        pts.append((rec.code, x, x_is_pub, 100 * _num(a1.get("estimate")),
+                    100 * _num(a1.get("std")), 100 * _num(t95.get("estimate")),
+                    100 * _num(t95.get("std"))))
+    return pts, repeats
 
 
 # --------------------------------------------------------------------------- Figure 11
@@ -529,8 +468,8 @@ def fast_boxes(ax, groups: Sequence[np.ndarray], color: str = "k") -> None:
 
 def per_class_axes(axes: Sequence, s: pd.DataFrame, norm: str, dataset: str,
                    class_column: str = "label") -> None:
-    d_in = _arr(s, "input_margin")
-    d_out = _arr(s, "logit_margin")
+    d_in = samples_column(s, "input_margin")
+    d_out = samples_column(s, "logit_margin")
     cls = s[class_column].to_numpy()
     classes = np.unique(cls)
     pct = metrics.per_class_tau(d_in, d_out, cls)
@@ -541,7 +480,7 @@ def per_class_axes(axes: Sequence, s: pd.DataFrame, norm: str, dataset: str,
     fin = [d_in[(cls == k) & np.isfinite(d_in)] for k in classes]
     out = [d_out[cls == k] for k in classes]
     fast_boxes(axes[0], fin)
-    axes[0].set_ylabel(f"input margin ({_norm_label(norm)})")
+    axes[0].set_ylabel(f"input margin ({norm_label(norm)})")
     fast_boxes(axes[1], out)
     axes[1].set_ylabel("logit margin")
     taus = [pct[int(k)]["tau"] for k in classes]
@@ -561,7 +500,7 @@ def per_class_axes(axes: Sequence, s: pd.DataFrame, norm: str, dataset: str,
     if many:
         axes[2].set_xticklabels(names[::step], fontsize=7)
     else:
-        axes[2].set_xticklabels([f"{n}\n({_tau_str(t)})" for n, t in zip(names, taus,
+        axes[2].set_xticklabels([f"{n}\n({tau_text(t)})" for n, t in zip(names, taus,
                                                                        strict=False)], fontsize=7)
     axes[2].set_xlabel("class (true label), per-class τ in brackets" if not many
                        else "class (true label)")
@@ -572,82 +511,19 @@ def fig11(records: Sequence[RunRecord], out_dir: Path, force: bool = True) -> li
 
     Boxes: quartiles and median; whiskers: furthest points within 1.5 IQR (outliers not drawn);
     failed attacks (input margin +inf) are left out of the input-margin boxes."""
-    paths = []
-    for rec in records:
-        stem = f"fig11_per_class_{_safe(rec.code)}_{_safe(rec.dataset)}_{rec.norm}"
-        done = None if force else _up_to_date(out_dir, stem, rec)
-        if done:
-            paths += done
-            continue
-        s = rec.samples()
-        if s is None or "label" not in s.columns:
-            continue
-        ncls = s["label"].nunique()
-        fig, axes = _new_figure(min(16.0, max(7.0, 0.15 * ncls + 3)), 8, 3, 1)
-        per_class_axes([a[0] for a in axes], s, rec.norm, rec.dataset)
-        fig.suptitle(f"{rec.code} — {_title(rec.dataset, rec.norm)}: margins per class "
-                     f"(overall τ = {_tau_str(rec.tau)})")
-        paths += _save(fig, out_dir, stem)
-    return paths
+    return per_model_figures(records, out_dir, "fig11_per_class", _per_class_figure, force=force)
 
 
-# --------------------------------------------------------------------------- per-run figures
-
-
-def plot_run(samples: pd.DataFrame, summary: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Per-run figures written into the run directory (PNG only).
-
-    ``margins.png``: logit margin vs input margin (points, binned medians, ε and λ95 lines,
-    τ in the title); ``roc_pr.png``: ROC and PR curves at the run's ε.
-    """
-    out_dir = Path(out_dir)
-    code = str(summary.get("model_code") or summary.get("model") or "model")
-    norm = str(summary.get("norm") or "Linf")
-    eps = _num(summary.get("eps"))
-    d_in = _arr(samples, "input_margin")
-    d_out = _arr(samples, "logit_margin")
-    if d_in is None or d_out is None:
-        return []
-    tau = metrics.kendall_tau(d_in, d_out)
-    paths: list[Path] = []
-
-    fig, ax = _new_figure(6.5, 4.8)
-    ax = ax[0, 0]
-    fin = np.isfinite(d_in)
-    correct = (metrics._as_bool(samples["correct"]) if "correct" in samples.columns
-               else np.ones(len(d_in), bool))
-    for m, lab, c in ((correct & fin, "correct", "C0"), (~correct & fin, "misclassified", "C3")):
-        if m.any():
-            ax.scatter(d_in[m], d_out[m], s=6, alpha=0.35, color=c, label=lab, lw=0)
-    b = binned_medians(d_in, d_out)
-    if b is not None:  # the binned curve is min-max normalised: rescale it to the data
-        lo, hi = np.nanmin(d_out[fin]), np.nanmax(d_out[fin])
-        q = (d_in > np.percentile(d_in[fin], 5)) & (d_in < np.percentile(d_in[fin], 95)) & fin
-        if q.any():
-            lo, hi = d_out[q].min(), d_out[q].max()
-        ax.errorbar(b[0], lo + b[1] * (hi - lo), yerr=b[2] * (hi - lo), fmt="o-", color="k",
-                    ms=3, capsize=2, lw=1.2, label="bin median")
-    if math.isfinite(eps):
-        ax.axvline(eps, color="C2", ls="--", lw=1, label=f"ε = {_eps_label(eps)}")
-        det = metrics.detection_metrics(d_in, d_out, eps)
-        if math.isfinite(det["threshold_at_95"]):
-            ax.axhline(det["threshold_at_95"], color="C1", ls=":", lw=1,
-                       label=f"λ at 95% TPR = {det['threshold_at_95']:.3g}")
-    n_fail = int((~fin).sum())
-    ax.set_xlabel(f"input margin ({_norm_label(norm)})")
-    ax.set_ylabel("logit margin (top-1 − top-2 logit)")
-    ax.set_title(f"{code}: Kendall τ = {_tau_str(tau)}"
-                 + (f" ({n_fail} failed attacks not shown)" if n_fail else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", markerscale=2)
-    paths += _save(fig, out_dir, "margins", pdf=False)
-
-    if math.isfinite(eps):
-        fig, axes = _new_figure(11, 4.6, 1, 2)
-        roc_pr_axes(axes[0, 0], axes[0, 1], d_in, d_out, [eps], skip_rule=False)
-        fig.suptitle(f"{code}: detecting non-robust samples (input margin ≤ ε)")
-        paths += _save(fig, out_dir, "roc_pr", pdf=False)
-    return paths
+def _per_class_figure(rec: RunRecord) -> Figure | None:
+    s = rec.samples()
+    if s is None or "label" not in s.columns:
+        return None
+    ncls = s["label"].nunique()
+    fig, axes = new_figure(min(16.0, max(7.0, 0.15 * ncls + 3)), 8, 3, 1)
+    per_class_axes([a[0] for a in axes], s, rec.norm, rec.dataset)
+    fig.suptitle(f"{rec.code} — {group_title(rec.dataset, rec.norm)}: margins per class "
+                 f"(overall τ = {tau_text(rec.tau)})")
+    return fig
 
 
 # --------------------------------------------------------------------------- all
@@ -657,7 +533,8 @@ def build_figures(records: Sequence[RunRecord], out_dir: Path, refs: dict[str, p
                   subset_fn: Callable[[RunRecord], dict | None], force: bool = False
                   ) -> list[Path]:
     """All of Figures 3-11. Per-model figures (7, 11) are redrawn only when their run record
-    (or this module) is newer, unless ``force``; the cross-model figures are always redrawn."""
+    (or the code that draws them) is newer, unless ``force``; the cross-model figures are
+    always redrawn."""
     out_dir = Path(out_dir)
     paths: list[Path] = []
     paths += fig3(records, out_dir)
@@ -671,4 +548,4 @@ def build_figures(records: Sequence[RunRecord], out_dir: Path, refs: dict[str, p
     return paths
 
 
-__all__ = ["binned_medians", "build_figures", "plot_run"]
+__all__ = ["binned_medians", "build_figures", "roc_pr_axes"]
