@@ -123,7 +123,19 @@ def run_summary(
             "kendall_tau": metrics.kendall_tau(d_in, score),
             **metrics.detection_metrics(d_in, score, params.eps),
         }
+    summary["robust_accuracy_interval"] = _robust_accuracy_interval(samples, params.eps)
     return jsonio.json_clean(summary)
+
+
+def _robust_accuracy_interval(samples: pd.DataFrame, eps: float) -> dict[str, Any]:
+    """PPI / classical / Algorithm 1 robust accuracy from a seeded subset of the run's samples
+    (n = min(500, N // 2) treated as the only attacked ones): what attacking fewer would give."""
+    from marginbench import intervals
+
+    return intervals.robust_accuracy_intervals(
+        samples["input_margin"].to_numpy(np.float64), samples["logit_margin"].to_numpy(np.float64),
+        samples["correct"].to_numpy(bool), eps, attack_seconds=samples["attack_seconds"].to_numpy(np.float64),
+    )
 
 
 def read_record(record: Artifact) -> tuple[dict[str, Any], pd.DataFrame]:
