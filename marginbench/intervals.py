@@ -97,6 +97,8 @@ def robust_accuracy_intervals(
     a, b = np.asarray(d_in, dtype=np.float64), np.asarray(d_out, dtype=np.float64)
     c = np.asarray(correct, dtype=bool)
     idx = _attacked_subset(a.size, n_attacked, seed)
+    if idx.size < 2:  # no variance from fewer than two attacked samples
+        return {"n_attacked": int(idx.size), "n_total": int(a.size), "skipped": True, "methods": []}
     y_nonrobust = nonrobust_labels(a[idx], eps)
     y = c[idx] & ~y_nonrobust
     lam = _lambda_at_tpr(y_nonrobust, b[idx], tpr)

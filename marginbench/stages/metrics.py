@@ -101,6 +101,11 @@ def build_samples_table(data: RunData, params: MetricsParams) -> pd.DataFrame:
             "robust_correct": correct & ~nonrobust,
         }
     )
+    # free scores from the same cached logits (leaderboard of cheap scores, issue 13)
+    from marginbench.cheap_scores import softmax_scores
+
+    for name, values in softmax_scores(outputs["logits"]).items():
+        table[name] = values
     if data.pseudo_margin is not None:
         table["pseudo_margin"] = data.pseudo_margin.astype(np.float64)
     return table
@@ -124,6 +129,9 @@ def run_summary(
             **metrics.detection_metrics(d_in, score, params.eps),
         }
     summary["robust_accuracy_interval"] = _robust_accuracy_interval(samples, params.eps)
+    from marginbench.cheap_scores import leaderboard
+
+    summary["scores"] = leaderboard(samples, params.eps)
     return jsonio.json_clean(summary)
 
 
