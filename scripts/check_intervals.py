@@ -7,7 +7,7 @@ mean), which is what ``ppi_finite_population`` targets; ``ppi`` and the classica
 target a super-population and are conservative here, markedly so at n = N / 2.
 Prints coverage and median width per method; exits 1 if a coverage is below nominal - 2 points.
 
-    PYTHONPATH=. python scripts/check_intervals.py [runs_dir]
+    PYTHONPATH=. python scripts/check_intervals.py [runs_dir] [n_resamples]
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pandas as pd
 
 from marginbench import intervals, metrics
 
-N_RESAMPLES, LEVEL = 200, 0.95
+N_RESAMPLES = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+LEVEL = 0.95
 RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/work/main/results/demo/runs")
 SKIP = {"fm_mart_pseudo"}  # same model and margins as fm_mart
 METHODS = ("ppi_finite_population", "ppi", "clopper_pearson", "wald")
