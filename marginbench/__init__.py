@@ -53,4 +53,13 @@ def run(*overrides: str, run_dir: str | Path | None = None, **keys: Any) -> RunR
     return pipeline.run(compose(*overrides, **keys), run_dir)
 
 
-__all__ = ["run", "compose", "__version__"]
+def __getattr__(name: str) -> Any:
+    # BrittleDetector needs torch: import it on first use so `import marginbench` stays light
+    if name in ("BrittleDetector", "DetectorSpec"):
+        from marginbench import brittle
+
+        return getattr(brittle, name)
+    raise AttributeError(f"module 'marginbench' has no attribute {name!r}")
+
+
+__all__ = ["run", "compose", "BrittleDetector", "DetectorSpec", "__version__"]

@@ -42,6 +42,10 @@ usage:
                                          list the model registry (paper codes, RobustBench ids)
   marginbench train train=RECIPE name=NAME [KEY=VALUE ...]
                                          adversarially train a local model (PGD-AT, TRADES, ...)
+  marginbench calibrate RUN_DIR --model M [--target-recall 0.95 --delta 0.05]
+                                         detector.json: logit-margin threshold with a recall guarantee
+  marginbench detect --detector detector.json --model M --images X.npz
+                                         brittle flag per image (CSV)
   marginbench run --help                 every config key and group
   marginbench --version
 
@@ -242,7 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"marginbench {__version__}")
         return 0
-    commands = {"run": command_run, "models": command_models, "tables": command_tables, "train": command_train}
+    from marginbench.detect_cli import command_calibrate, command_detect
+
+    commands = {"run": command_run, "models": command_models, "tables": command_tables, "train": command_train,
+                "calibrate": command_calibrate, "detect": command_detect}
     if args[0] not in commands:
         guess = difflib.get_close_matches(args[0], list(commands), n=1)
         fail(f"unknown command {args[0]!r}{f' (did you mean {guess[0]!r}?)' if guess else ''}; see `marginbench --help`")

@@ -8,7 +8,8 @@ margins an older version computed (it says how many and how to refresh them).
 MARGINS_VERSION = 2  # 2: boundary points failing verification by rounding are backed off, not dropped
 OUTPUTS_VERSION = 1
 PSEUDO_VERSION = 1
-RUNS_VERSION = 3  # 2: summary "attack" names the preset; 3: summary records these versions
+RUNS_VERSION = 4  # 2: summary "attack" names the preset; 3: summary records these versions;
+# 4: summary robust_accuracy_interval and scores; samples.csv prob_margin, max_softmax, neg_entropy
 
 STAGE_VERSIONS = {
     "margins": MARGINS_VERSION,

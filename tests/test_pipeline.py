@@ -22,11 +22,11 @@ REPO = TESTS.parent
 SAMPLE_COLUMNS = {
     "index", "label", "pred", "correct", "input_margin", "attack_success", "found_by", "logit_margin",
     "feature_margin", "feature_distance", "adv_logit_margin", "n_forward", "n_backward", "attack_seconds",
-    "nonrobust", "robust_correct",
+    "nonrobust", "robust_correct", "prob_margin", "max_softmax", "neg_entropy",
 }
 SUMMARY_KEYS = {
     "model", "dataset", "norm", "eps", "n_samples", "clean_accuracy", "robust_accuracy_attack", "kendall_tau",
-    "auroc", "aupr", "fpr_at_95", "n_attack_failures",
+    "auroc", "aupr", "fpr_at_95", "n_attack_failures", "robust_accuracy_interval", "scores",
 }
 
 

@@ -101,6 +101,11 @@ def build_samples_table(data: RunData, params: MetricsParams) -> pd.DataFrame:
             "robust_correct": correct & ~nonrobust,
         }
     )
+    # free scores from the same cached logits (leaderboard of cheap scores, issue 13)
+    from marginbench.cheap_scores import softmax_scores
+
+    for name, values in softmax_scores(outputs["logits"]).items():
+        table[name] = values
     if data.pseudo_margin is not None:
         table["pseudo_margin"] = data.pseudo_margin.astype(np.float64)
     return table
@@ -123,7 +128,22 @@ def run_summary(
             "kendall_tau": metrics.kendall_tau(d_in, score),
             **metrics.detection_metrics(d_in, score, params.eps),
         }
+    summary["robust_accuracy_interval"] = _robust_accuracy_interval(samples, params.eps)
+    from marginbench.cheap_scores import leaderboard
+
+    summary["scores"] = leaderboard(samples, params.eps)
     return jsonio.json_clean(summary)
+
+
+def _robust_accuracy_interval(samples: pd.DataFrame, eps: float) -> dict[str, Any]:
+    """PPI / classical / Algorithm 1 robust accuracy from a seeded subset of the run's samples
+    (n = min(500, N // 2) treated as the only attacked ones): what attacking fewer would give."""
+    from marginbench import intervals
+
+    return intervals.robust_accuracy_intervals(
+        samples["input_margin"].to_numpy(np.float64), samples["logit_margin"].to_numpy(np.float64),
+        samples["correct"].to_numpy(bool), eps, attack_seconds=samples["attack_seconds"].to_numpy(np.float64),
+    )
 
 
 def read_record(record: Artifact) -> tuple[dict[str, Any], pd.DataFrame]:

@@ -1,0 +1,69 @@
+"""BrittleDetector: flags match the threshold, detector.json round-trips, other weights refused."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from marginbench.brittle import (
+    BrittleDetector,
+    DetectorSpec,
+    calibrate_from_samples,
+    weights_sha256,
+)
+from marginbench.errors import MarginbenchError
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+
+
+def test_detector_flags_and_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    d_in = rng.random(300)
+    samples = pd.DataFrame({"index": np.arange(300) + 1000, "input_margin": d_in,
+                            "logit_margin": 5 * d_in})
+    model = _model()
+    spec = calibrate_from_samples(samples, 0.4, "Linf", weights_sha256(model), n_calibration=200)
+    assert spec.n_calibration == 200 and min(spec.calibration_indices) >= 1000
+    # perfectly consistent score: λ is a non-robust sample's margin, so λ/5 <= eps
+    assert spec.threshold <= 5 * 0.4
+    loaded = DetectorSpec.load(spec.save(tmp_path / "detector.json"))
+    assert loaded == spec
+    det = BrittleDetector(model, loaded)
+    x = torch.randn(16, 4)
+    logits, brittle, score = det(x)
+    top2 = model(x).topk(2, 1).values
+    assert torch.equal(brittle, (top2[:, 0] - top2[:, 1]) <= spec.threshold)
+    assert torch.allclose(logits, model(x)) and score.shape == (16,)
+
+
+def test_other_weights_are_refused():
+    spec = DetectorSpec(threshold=1.0, eps=0.1, norm="Linf", target_recall=0.95, delta=0.05,
+                        n_calibration=1, n_calibration_nonrobust=1, calibration_indices=[0],
+                        weights_sha256=weights_sha256(_model(0)))
+    with pytest.raises(MarginbenchError, match="recalibrate"):
+        BrittleDetector(_model(1), spec)
+
+
+def test_cli_calibrate_and_detect_on_the_demo_run(tmp_path, capsys):
+    from pathlib import Path
+
+    from marginbench.cli import main
+
+    run = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs" / "fm_madry"
+    det = tmp_path / "detector.json"
+    assert main(["calibrate", str(run), "--model", "fm_madry", "--n-calibration", "500", "--out", str(det)]) == 0
+    spec = DetectorSpec.load(det)
+    assert spec.n_calibration == 500 and spec.n_calibration_nonrobust >= 59
+    images = tmp_path / "x.npz"
+    np.savez(images, images=np.random.default_rng(0).random((4, 1, 28, 28)).astype("float32"))
+    out = tmp_path / "flags.csv"
+    assert main(["detect", "--detector", str(det), "--model", "fm_madry", "--images", str(images), "--out", str(out)]) == 0
+    flags = pd.read_csv(out)
+    assert (flags["brittle"] == (flags["logit_margin"] <= spec.threshold)).all()
+    with pytest.raises(SystemExit) as exc:  # another model's weights: one-line refusal
+        main(["detect", "--detector", str(det), "--model", "fm_trades", "--images", str(images)])
+    assert exc.value.code == 2 and "recalibrate" in capsys.readouterr().err
