@@ -30,8 +30,8 @@ def main() -> int:
     options = parser.parse_args()
 
     import marginbench
-    from marginbench.errors import MarginbenchError
     from marginbench.cli import human_summary
+    from marginbench.errors import MarginbenchError
     from marginbench.report import build_all
 
     started = time.perf_counter()
