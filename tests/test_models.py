@@ -20,6 +20,7 @@ from marginbench.config import DatasetConfig, ModelConfig
 from marginbench.errors import MarginbenchError
 from marginbench.models import (
     checkpoint_path,
+    custom_entry,
     list_models,
     load_model,
     loading,
@@ -348,6 +349,8 @@ def test_registry_imports_neither_torch_nor_robustbench():
         "registry.list_models()\n"
         "for name in ('XU80', 'fm_madry', 'MD0'):\n"
         "    registry.checkpoint_path(registry.resolve_model(name), 'models_cache')\n"
+        "from types import SimpleNamespace as NS\n"
+        "registry.custom_entry(NS(factory='m:f', dataset=None, norm='Linf', num_classes=10), 'npz')\n"
         "print(sorted(m for m in ('torch', 'robustbench') if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -493,6 +496,20 @@ def factory_module(tmp_path, monkeypatch):
     sys.modules.pop("mb_user_models", None)
 
 
+def test_custom_entry_defaults():
+    cfg = ModelConfig(kind="custom", factory="pkg.mod:net", num_classes=7)
+    entry = custom_entry(cfg, "cifar100")
+    assert (entry.code, entry.source, entry.architecture) == ("custom:pkg.mod:net", "custom", "custom")
+    assert (entry.threat_model, entry.num_classes, entry.robustbench_id) == ("Linf", 7, None)
+    assert entry.dataset == "cifar100"  # the run's dataset describes the model ...
+    assert custom_entry(cfg, "auto").dataset == "npz" == custom_entry(cfg, None).dataset
+    mine = ModelConfig(kind="custom", factory="pkg.mod:net", dataset="fashion_mnist", norm="L2")
+    assert custom_entry(mine, "cifar10").dataset == "fashion_mnist"  # ... unless it names its own
+    assert custom_entry(mine, "cifar10").threat_model == "L2"
+    with pytest.raises(MarginbenchError, match="model.factory=MODULE:FUNCTION"):
+        custom_entry(ModelConfig(kind="custom"), "npz")
+
+
 @pytest.mark.parametrize("wrap", ["raw", "state_dict"])
 def test_custom_factory_with_weights(factory_module, tmp_path, wrap):
     import mb_user_models
@@ -512,6 +529,7 @@ def test_custom_factory_with_weights(factory_module, tmp_path, wrap):
     x = torch.rand(4, 3, 2, 2)
     assert torch.equal(model(x), trained.eval()(x))
     assert (entry.source, entry.threat_model, entry.num_classes) == ("custom", "L2", 5)
+    assert entry == custom_entry(cfg, None)  # one entry builder for the loader and the pipeline
     assert split_model(model, example_input=x).head.out_features == 5
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from marginbench.config import ModelConfig
 from marginbench.errors import MarginbenchError
-from marginbench.models.registry import ModelEntry, resolve_model
+from marginbench.models.registry import ModelEntry, custom_entry, resolve_model
 from marginbench.models.sources import (
     GDRIVE_URL,
     builtin_weights_path,
@@ -442,12 +442,30 @@ def _import_factory(spec: str) -> Any:
     return obj
 
 
-def _load_custom(cfg: ModelConfig) -> tuple[nn.Module, ModelEntry]:
-    factory = _import_factory(cfg.factory) if cfg.factory else None
-    if factory is None:
+def _custom_state_dict(cfg: ModelConfig) -> dict:
+    """``model.weights``: a state dict of tensors, bare or under 'state_dict' / 'model_state_dict'."""
+    path = Path(cfg.weights).expanduser()
+    if not path.is_file():
+        raise MarginbenchError(f"model.weights={cfg.weights!r}: file not found")
+    state = torch_load_weights(path)
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise MarginbenchError(
-            "model.kind=custom needs model.factory=MODULE:FUNCTION (a function returning an nn.Module)"
+            f"model.weights={cfg.weights!r} is not a state_dict (or {{'state_dict': ...}}) of tensors"
         )
+    return state
+
+
+def _load_custom(cfg: ModelConfig) -> tuple[nn.Module, ModelEntry]:
+    # The entry first: it is the one registry.custom_entry the pipeline records, and it
+    # refuses a missing factory before anything is imported. Without the run's dataset
+    # option here, the entry says what the pipeline says for dataset=auto.
+    entry = custom_entry(cfg, None)
+    factory = _import_factory(cfg.factory)
     try:
         model = factory()
     except Exception as exc:
@@ -459,19 +477,7 @@ def _load_custom(cfg: ModelConfig) -> tuple[nn.Module, ModelEntry]:
             f"model.factory={cfg.factory!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
     if cfg.weights:
-        path = Path(cfg.weights).expanduser()
-        if not path.is_file():
-            raise MarginbenchError(f"model.weights={cfg.weights!r}: file not found")
-        state = torch_load_weights(path)
-        if isinstance(state, dict):
-            for key in ("state_dict", "model_state_dict"):
-                if isinstance(state.get(key), dict):
-                    state = state[key]
-                    break
-        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise MarginbenchError(
-                f"model.weights={cfg.weights!r} is not a state_dict (or {{'state_dict': ...}}) of tensors"
-            )
+        state = _custom_state_dict(cfg)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -487,17 +493,6 @@ def _load_custom(cfg: ModelConfig) -> tuple[nn.Module, ModelEntry]:
                 ) from None
     if cfg.norm not in ("Linf", "L2"):
         raise MarginbenchError(f"model.norm={cfg.norm!r} is unknown; use Linf or L2")
-    entry = ModelEntry(
-        code=f"custom:{cfg.factory}",
-        source="custom",
-        dataset=cfg.dataset or "",
-        threat_model=cfg.norm,
-        robustbench_id=None,
-        architecture="custom",
-        clean_acc=None,
-        robust_acc=None,
-        num_classes=int(cfg.num_classes),
-    )
     return model, entry
 
 

@@ -33,6 +33,7 @@ import io
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from marginbench.errors import MarginbenchError
 from marginbench.models.sources import checkpoint_path as checkpoint_path  # re-exported
@@ -210,6 +211,32 @@ def _robustbench_zoo_entry(
     _, _, ds, tm, mid = sorted(candidates)[0]
     return ModelEntry(
         mid, "robustbench", ds, tm, mid, "unknown", None, None, NUM_CLASSES.get(ds, 10)
+    )
+
+
+def custom_entry(model_cfg: Any, dataset: str | None) -> ModelEntry:
+    """The entry of a user's own model (``model=custom``): what a run records about it.
+
+    ``model_cfg`` is the ``model`` config node (ModelConfig or DictConfig); ``dataset`` is the
+    run's ``dataset`` option. The model's own ``model.dataset`` wins; else the run's dataset
+    describes it, and with none chosen (``auto``, or None when there is no run) the model
+    can only be evaluated on a user's file, ``npz``.
+    """
+    if not model_cfg.factory:
+        raise MarginbenchError(
+            "model=custom needs model.factory=MODULE:FUNCTION (a function returning an nn.Module)"
+        )
+    run_dataset = dataset if dataset and dataset != "auto" else "npz"
+    return ModelEntry(
+        code=f"custom:{model_cfg.factory}",
+        source="custom",
+        dataset=model_cfg.dataset or run_dataset,
+        threat_model=model_cfg.norm,
+        robustbench_id=None,
+        architecture="custom",
+        clean_acc=None,
+        robust_acc=None,
+        num_classes=int(model_cfg.num_classes),
     )
 
 
