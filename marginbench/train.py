@@ -47,10 +47,11 @@ from marginbench.config import parse_eps
 from marginbench.device import resolve_device
 from marginbench.errors import MarginbenchError
 from marginbench.models.local import save_local_checkpoint
+from marginbench.models.registry import NUM_CLASSES
 from marginbench.models.small import build_architecture
 
 LOSSES = ("standard", "pgd", "trades", "mart", "alp", "clp")
-DATASETS = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+DATASETS = ("fashion_mnist", "cifar10", "cifar100")  # the ones load_split can read for training
 
 
 # --------------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class TrainConfig:
 
     @property
     def num_classes(self) -> int:
-        return DATASETS[self.dataset]
+        return NUM_CLASSES[self.dataset]
 
 
 def config_from_mapping(values: Any) -> TrainConfig:

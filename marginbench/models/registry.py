@@ -40,6 +40,7 @@ from marginbench.models.sources import checkpoint_path as checkpoint_path  # re-
 from marginbench.models.sources import local_files, robustbench_model_dicts
 
 SOURCES = ("robustbench", "builtin", "zoo", "local")
+# Classes per dataset: the package's one table (training, local checkpoints, RobustBench rows).
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
 CSV_NAME = "robustbench_models.csv"
 
