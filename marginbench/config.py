@@ -112,20 +112,41 @@ def register_configs() -> None:
     cs.store(group="paths", name="paths_schema", node=PathsConfig)
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the YAML files of ``CONFIG_DIR/<group>/``, sorted."""
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def attack_preset(name: str) -> dict[str, Any]:
+    """``configs/attack/<name>.yaml`` over AttackConfig's defaults, as Hydra composes it.
+
+    The one reader of the attack presets (runs, ensemble members, summaries, the benchmark),
+    so a preset's numbers live in its YAML file and nowhere else.
+    """
+    import yaml
+
+    path = CONFIG_DIR / "attack" / f"{name}.yaml"
+    if not path.is_file():
+        raise MarginbenchError(
+            f"attack preset {name!r} does not exist; choose one of: {', '.join(group_options('attack'))}"
+        )
+    values = yaml.safe_load(path.read_text()) or {}
+    values.pop("defaults", None)  # a Hydra defaults list is composition, not a field
+    return {**asdict(AttackConfig()), **values}
+
+
 def attack_label(attack: Any) -> str:
     """The configs/attack preset this attack config equals (e.g. fab_polish), else its
     estimator name with "(modified)": summaries say which estimator really ran."""
-    import yaml
     from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(attack, resolve=True) if OmegaConf.is_config(attack) else dict(attack)
-    defaults = {k: v for k, v in asdict(AttackConfig()).items() if k != "name"}
-    for path in sorted((CONFIG_DIR / "attack").glob("*.yaml")):
-        preset = {**defaults, **(yaml.safe_load(path.read_text()) or {})}
+    for name in group_options("attack"):
+        preset = attack_preset(name)
         if all(preset.get(k) == values.get(k) for k in ("name", "members", "steps", "restarts", "refine")) and (
             (preset.get("options") or {}) == (values.get("options") or {})
         ):
-            return path.stem
+            return name
     return f"{values.get('name')} (modified)"
 
 
