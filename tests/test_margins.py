@@ -329,15 +329,13 @@ def test_other_estimators_linear_l2(linear, name):
 
 
 @pytest.mark.slow
-def test_default_breaks_aa_resnet18_within_8_255():
+def test_default_breaks_aa_resnet18_within_8_255(cifar10_first100_npz, monkeypatch):
     """The standard ResNet-18 shipped with pyautoattack: PGD at 8/255 breaks all images."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "scripts"))
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import bench_margins
 
-    model = bench_margins.load_aa_resnet18(torch.device("cpu"))
-    x, _ = bench_margins.load_data("/work/shared/data/cifar10_test_first100.npz", 4)
+    model = bench_margins.load_model("aa_resnet18", torch.device("cpu"))  # through the registry
+    x, _ = bench_margins.load_data(str(cifar10_first100_npz), 4)
     with torch.no_grad():
         y = model(x).argmax(1)
     res = build_estimator(attack_config(DEFAULT_ATTACK), "Linf")(model, x, y)
