@@ -207,11 +207,14 @@ def command_tables(args: list[str]) -> int:
 def command_train(args: list[str]) -> int:
     """``marginbench train train=RECIPE name=NAME [FIELD=VALUE ...] [paths.model_dir=DIR]``.
 
-    RECIPE is a file of configs/train/; FIELD is any marginbench.train.TrainConfig field.
+    RECIPE is a file of configs/train/; FIELD is any marginbench.config.TrainConfig field.
+    Hydra composes them over that schema (a typo fails in one line, before any work).
     The model lands in <model_dir>/local/NAME.pt and is then usable as ``model=NAME``.
     """
+    from marginbench.config import group_options
+
     if not args or args[0] in ("-h", "--help"):
-        recipes = sorted(p.stem for p in (CONFIG_DIR / "train").glob("*.yaml"))
+        recipes = group_options("train")
         print(command_train.__doc__)
         print("recipes: " + ", ".join(recipes))
         return 0

@@ -42,7 +42,6 @@ INPUT_SHAPES = {
     "fashion_mnist": (1, 28, 28),
     "imagenet": (3, 224, 224),
 }
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "imagenet": 1000}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

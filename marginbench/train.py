@@ -27,14 +27,16 @@ PGD iterate (not the "best" one): this is training, not evaluation.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
 import platform
 import random
+import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,118 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from marginbench.config import parse_eps
+from marginbench import config
+from marginbench.config import TRAIN_CONFIG_NAME, TrainConfig, group_options, hydra_compose
 from marginbench.device import resolve_device
 from marginbench.errors import MarginbenchError
 from marginbench.models.local import save_local_checkpoint
 from marginbench.models.small import build_architecture
 
-LOSSES = ("standard", "pgd", "trades", "mart", "alp", "clp")
-DATASETS = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
-
-
 # --------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainConfig:
-    """One training run. Every field is a primitive so the config travels in the checkpoint.
-
-    Fields:
-        name: file name of the checkpoint (``<model_dir>/local/<name>.pt``); then usable as
-            ``marginbench run model=<name>``.
-        dataset: fashion_mnist | cifar10 | cifar100.
-        arch: network from ``marginbench.models.small.ARCHITECTURES``
-            (small_cnn, small_cnn_wide, resnet18).
-        loss: standard | pgd | trades | mart | alp | clp.
-        epochs: passes over the training set (``n_train`` samples).
-        batch_size: SGD minibatch size.
-        lr, momentum, weight_decay, nesterov: SGD settings.
-        schedule: cosine (per-iteration cosine decay to 0) | constant | multistep
-            (×0.1 at 50% and 75% of training).
-        warmup_epochs: linear learning-rate warm-up from 0 (may be fractional).
-        eps: L-inf radius used in training, a string like "8/255" or "0.1".
-        attack_steps: PGD iterations during training.
-        attack_step_size: PGD step; "2/255" style string, or null for 2.5·eps/attack_steps.
-        beta: TRADES / MART trade-off β.
-        pair_weight: λ of the logit-pairing term (alp, clp).
-        n_train: use only the first ``n_train`` images of a fixed shuffle (``seed``) of the
-            training split; null = all of it.
-        augment: random crop (pad 4) + horizontal flip (CIFAR recipes); no-op for
-            Fashion-MNIST is *not* applied automatically: set it false there.
-        seed: seeds weights, data order, subset and attack random starts.
-        eval_n: number of test images (the first ones) for the PGD evaluation.
-        eval_steps: PGD iterations for the evaluation (step 2.5·eps/eval_steps, one random
-            start); clean accuracy is measured on the whole test split.
-        eval_batch_size: batch size of the evaluation.
-        num_threads: torch.set_num_threads on CPU (null: leave torch's default).
-        progress: show a tqdm progress bar with ETA.
-    """
-
-    name: str = "my_model"
-    dataset: str = "fashion_mnist"
-    arch: str = "small_cnn"
-    loss: str = "pgd"
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    eps: str = "0.1"
-    attack_steps: int = 5
-    attack_step_size: str | None = None
-    beta: float = 6.0
-    pair_weight: float = 1.0
-    n_train: int | None = None
-    augment: bool = False
-    seed: int = 0
-    eval_n: int = 1000
-    eval_steps: int = 20
-    eval_batch_size: int = 500
-    num_threads: int | None = None
-    progress: bool = True
-
-    def validate(self) -> TrainConfig:
-        if self.loss not in LOSSES:
-            raise MarginbenchError(f"train.loss={self.loss!r} is unknown; choose one of {', '.join(LOSSES)}")
-        if self.dataset not in DATASETS:
-            raise MarginbenchError(
-                f"train.dataset={self.dataset!r} cannot be trained on; choose one of {', '.join(DATASETS)}"
-            )
-        if self.schedule not in ("cosine", "constant", "multistep"):
-            raise MarginbenchError(
-                f"train.schedule={self.schedule!r} is unknown; choose cosine, constant or multistep"
-            )
-        if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
-            raise MarginbenchError(f"train name={self.name!r} must be a plain file name like my_model")
-        for key in ("epochs", "batch_size", "attack_steps", "eval_steps", "eval_batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise MarginbenchError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise MarginbenchError(f"train.lr must be positive, got {self.lr}")
-        if self.n_train is not None and self.n_train < 1:
-            raise MarginbenchError(f"train.n_train must be >= 1 or null, got {self.n_train}")
-        _ = (self.eps_value, self.step_size_value)  # parse now: a MarginbenchError on nonsense
-        return self
-
-    @property
-    def eps_value(self) -> float:
-        return parse_eps(self.eps)
-
-    @property
-    def step_size_value(self) -> float:
-        if self.attack_step_size in (None, "", "auto"):
-            return 2.5 * self.eps_value / self.attack_steps
-        return parse_eps(self.attack_step_size)
-
-    @property
-    def num_classes(self) -> int:
-        return DATASETS[self.dataset]
 
 
 def config_from_mapping(values: Any) -> TrainConfig:
@@ -180,24 +80,58 @@ def config_from_mapping(values: Any) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
+def _compose_error(error: BaseException) -> MarginbenchError:
+    """Hydra's multi-line composition error as one line that says what to change (an
+    unknown key or a wrong value, on the command line or inside a recipe file)."""
+    chain = [error]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 6:
+        chain.append(cause)
+    text = " ".join(str(e) for e in chain)
+    recipe = re.search(r"In '(train/[^']+)'", text)
+    where = f" in {config.CONFIG_DIR / recipe.group(1)}.yaml" if recipe else ""  # read now: may change
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = re.search(r"Could not override '([^']+)'|Key '([^']+)' not in", text)
+    if unknown:
+        key = unknown.group(1) or unknown.group(2)
+        guess = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        return MarginbenchError(
+            f"unknown training option {key!r}{where}{hint}; valid keys: {', '.join(sorted(known))}"
+        )
+    bad_value = re.search(
+        r"Value '([^']*)' of type '\w+' could not be converted to (\w+).*?full_key: (\S+)", text, re.S
+    )
+    if bad_value:
+        value, kind, key = bad_value.groups()
+        return MarginbenchError(f"{key}={value}{where} is not a valid {kind.lower()}; fix the value of {key}")
+    first = next((str(e).strip().splitlines()[0] for e in chain if str(e).strip()), type(error).__name__)
+    return MarginbenchError(f"invalid training configuration: {first}")
 
 
-def load_recipe(name: str, overrides: list[str] | None = None) -> TrainConfig:
-    """``configs/train/<name>.yaml`` merged with ``key=value`` overrides, without Hydra."""
-    from omegaconf import OmegaConf
+def load_recipe(name: str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """``configs/train/<name>.yaml`` (None: TrainConfig's defaults) with ``key=value``
+    overrides, composed by Hydra over the TrainConfig schema from ``config.CONFIG_DIR``, as
+    ``marginbench run`` composes its config: a typo or a wrong type fails here, in one line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise MarginbenchError(f"no training recipe {name!r}; choose one of {', '.join(choices)}")
-    base = OmegaConf.load(path)
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise MarginbenchError(f"override {bad[0]!r} must look like key=value")
-        base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
-    return config_from_mapping(base)
+    overrides = list(overrides or [])
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise MarginbenchError(f"override {bad[0]!r} must look like key=value")
+    selection = []
+    if name is not None:
+        recipes = group_options("train")
+        if name not in recipes:
+            raise MarginbenchError(f"no training recipe {name!r}; choose one of {', '.join(recipes)}")
+        # the recipe's keys sit at the top level, where the command line's name=... and
+        # epochs=... address them; `train@_global_` is how Hydra's defaults list says so
+        selection = [f"train@_global_={name}"]
+    try:
+        cfg = hydra_compose(TRAIN_CONFIG_NAME, [*selection, *overrides])
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        raise _compose_error(error) from None
+    return config_from_mapping(cfg)
 
 
 # --------------------------------------------------------------------------------------
@@ -613,9 +547,10 @@ def train_from_config(cfg: Any, model_dir: Path, data_dir: Path | None, device: 
 
 def run_training(overrides: list[str], model_dir: Path | str = "models_cache",
                  data_dir: Path | str | None = "data", device: Any = "auto") -> Path:
-    """Hydra-free entry: ``run_training(["recipe=fmnist_cnn_trades", "name=my_model", "epochs=1"])``.
+    """Python entry: ``run_training(["recipe=fmnist_cnn_trades", "name=my_model", "epochs=1"])``.
 
-    ``recipe=`` (or ``train=``) picks ``configs/train/<recipe>.yaml``; other items override fields.
+    ``recipe=`` (or ``train=``) picks ``configs/train/<recipe>.yaml``; other items override
+    fields (composed by :func:`load_recipe`; no recipe: TrainConfig's defaults).
     """
     recipe = None
     rest = []
@@ -625,8 +560,7 @@ def run_training(overrides: list[str], model_dir: Path | str = "models_cache",
             recipe = value
         else:
             rest.append(item)
-    cfg = load_recipe(recipe, rest) if recipe else config_from_mapping(
-        __import__("omegaconf").OmegaConf.from_dotlist(rest))
+    cfg = load_recipe(recipe, rest)
     out = Path(model_dir) / "local" / f"{cfg.name}.pt"
     return train_model(cfg, resolve_device(device), out_path=out, data_dir=Path(data_dir) if data_dir else None)
 

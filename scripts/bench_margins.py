@@ -27,13 +27,12 @@ import torch
 import yaml
 
 from marginbench.cache import atomic_write_text
-from marginbench.config import AttackConfig, ModelConfig
+from marginbench.config import AttackConfig, ModelConfig, attack_preset
 from marginbench.data import read_idx, to_float_nchw
 from marginbench.errors import MarginbenchError
 from marginbench.margins import DEFAULT_ATTACK, MarginBatch, build_estimator
 
 ROOT = Path(__file__).resolve().parents[1]
-ATTACK_DIR = ROOT / "configs" / "attack"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 TIGHT_RTOL = 1e-4  # "as tight as fab": margin <= fab * (1 + TIGHT_RTOL)
 
@@ -44,12 +43,11 @@ def parse_value(text: str):
 
 def load_attack(spec: str) -> tuple[str, AttackConfig]:
     name, _, overrides = spec.partition(":")
-    path = ATTACK_DIR / f"{name}.yaml"
-    if not path.exists():
-        sys.exit(f"unknown estimator {name!r}: no {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    raw = {k: v for k, v in raw.items() if k != "defaults"}
-    raw["options"] = dict(raw.get("options") or {})
+    try:
+        raw = attack_preset(name)
+    except MarginbenchError as exc:
+        sys.exit(f"unknown estimator: {exc}")
+    raw["options"] = dict(raw["options"] or {})
     for item in filter(None, overrides.split(",")):
         key, _, value = item.partition("=")
         if key.startswith("options."):

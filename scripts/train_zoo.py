@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from marginbench.models.local import ZOO_DIR, read_checkpoint_meta
+from marginbench.models.local import read_checkpoint_meta
+from marginbench.models.sources import ZOO_DIR
 from marginbench.train import load_recipe, train_model
 
 # fm_madry first: it is the model the benchmarks need soonest

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from pyautoattack.fab_pt import FABAttack_PT
 from torch import nn
 
-from marginbench.config import AttackConfig
+from marginbench.config import AttackConfig, attack_label, attack_preset, group_options
 from marginbench.errors import MarginbenchError
 from marginbench.margins import DEFAULT_ATTACK, ESTIMATORS, MarginBatch, build_estimator, verify
 from marginbench.margins.base import BACKOFF_FACTORS, AttackSpec, Estimator
 from marginbench.margins.counting import CountingModel
 
 ROOT = Path(__file__).resolve().parents[1]
-ATTACK_DIR = ROOT / "configs" / "attack"
 
 
 def attack_config(name: str, **overrides) -> AttackConfig:
-    raw = yaml.safe_load((ATTACK_DIR / f"{name}.yaml").read_text())
-    raw.update(overrides)
-    return AttackConfig(**raw)
+    return AttackConfig(**{**attack_preset(name), **overrides})
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -259,14 +256,42 @@ def test_margin_batch_concat(linear):
 # ----------------------------------------------------------------------------- configs and errors
 
 
-@pytest.mark.parametrize("path", sorted(ATTACK_DIR.glob("*.yaml")), ids=lambda p: p.stem)
-def test_attack_configs_build(path, linear):
-    raw = yaml.safe_load(path.read_text())
-    cfg = AttackConfig(**raw)
+@pytest.mark.parametrize("name", group_options("attack"))
+def test_attack_configs_build(name, linear):
+    cfg = attack_config(name)
     norm = "L2" if cfg.name in ("ddn", "alma") else "Linf"
     est = build_estimator(cfg, norm)
     assert callable(est)
     assert cfg.name in ESTIMATORS or cfg.name == "ensemble"
+
+
+def test_attack_presets_come_from_yaml_only(tmp_path, monkeypatch):
+    """Ensemble members take their default budget from the preset of their name, read from
+    CONFIG_DIR at call time: edit the YAML and the member follows; no preset, no budget."""
+    import marginbench.config as config
+
+    for name in group_options("attack"):  # every preset names itself in a summary
+        assert attack_label(attack_preset(name)) == name
+    (tmp_path / "attack").mkdir()
+    (tmp_path / "attack" / "fmn.yaml").write_text("name: fmn\nsteps: 7\noptions: {gamma_init: 0.1}\n")
+    monkeypatch.setattr(config, "CONFIG_DIR", tmp_path)
+    assert attack_preset("fmn") == {**asdict(AttackConfig()), "name": "fmn", "steps": 7, "options": {"gamma_init": 0.1}}
+    ens = build_estimator(AttackConfig(name="ensemble", members=["fmn", "fab_topk"]), "Linf")
+    fmn, topk = (member.spec for member in ens.members)
+    assert (fmn.steps, fmn.restarts, fmn.options) == (7, 1, {"gamma_init": 0.1})
+    assert topk == AttackSpec("fab_topk")  # no fab_topk.yaml in this config tree
+    with pytest.raises(MarginbenchError, match=r"attack preset 'fab' does not exist; choose one of: fmn$"):
+        attack_preset("fab")
+
+
+def test_ensemble_member_budgets_are_the_presets():
+    ens = build_estimator(AttackConfig(name="ensemble", members=["fab", "apgd_bisect", "fab_topk@x"]), "Linf")
+    for member in ens.members:
+        preset = attack_preset(member.spec.name)
+        assert (member.spec.steps, member.spec.restarts, member.spec.refine, member.spec.options) == (
+            preset["steps"], preset["restarts"], preset["refine"], preset["options"]
+        )
+    assert [m.spec.steps for m in ens.members] == [100, 20, 100] and ens.members[0].spec.restarts == 5
 
 
 def test_errors(linear):
@@ -304,15 +329,13 @@ def test_other_estimators_linear_l2(linear, name):
 
 
 @pytest.mark.slow
-def test_default_breaks_aa_resnet18_within_8_255():
+def test_default_breaks_aa_resnet18_within_8_255(cifar10_first100_npz, monkeypatch):
     """The standard ResNet-18 shipped with pyautoattack: PGD at 8/255 breaks all images."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "scripts"))
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     import bench_margins
 
-    model = bench_margins.load_aa_resnet18(torch.device("cpu"))
-    x, _ = bench_margins.load_data("/work/shared/data/cifar10_test_first100.npz", 4)
+    model = bench_margins.load_model("aa_resnet18", torch.device("cpu"))  # through the registry
+    x, _ = bench_margins.load_data(str(cifar10_first100_npz), 4)
     with torch.no_grad():
         y = model(x).argmax(1)
     res = build_estimator(attack_config(DEFAULT_ATTACK), "Linf")(model, x, y)

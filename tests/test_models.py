@@ -3,7 +3,10 @@ errors, HTML pages), custom factories, and the feature/head split."""
 
 from __future__ import annotations
 
+import ast
 import csv
+import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -17,11 +20,13 @@ from marginbench.config import DatasetConfig, ModelConfig
 from marginbench.errors import MarginbenchError
 from marginbench.models import (
     checkpoint_path,
+    custom_entry,
     list_models,
     load_model,
     loading,
     paper_code,
     resolve_model,
+    sources,
     split_model,
 )
 
@@ -248,6 +253,112 @@ def test_checkpoint_paths(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# Import structure: no cycles, a torch-free registry
+# --------------------------------------------------------------------------------------------
+
+PACKAGE = REPO / "marginbench"
+
+
+def _package_modules() -> dict[str, Path]:
+    """Dotted name -> file of every module of the marginbench package."""
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _import_nodes(tree: ast.AST, module_level: bool):
+    """Import statements; with module_level, only those that run when the module is imported
+    (everything but function bodies: ``if``/``try`` blocks and class bodies run too)."""
+    for child in ast.iter_child_nodes(tree):
+        if module_level and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            yield child
+        yield from _import_nodes(child, module_level)
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path], module_level: bool) -> set[str]:
+    """The package modules ``name`` imports (``from a import b``: a.b if it is a module, else a)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8")), module_level):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+            continue
+        base = node.module or ""
+        if node.level:  # relative import: resolve against the importing package
+            anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join([*anchor, *filter(None, [node.module])])
+        found.update(
+            f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+        )
+    return {m for m in found if m in modules and m != name}
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path (first module repeated at the end), or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles_in_the_package():
+    """Two checks. Module-level imports (what runs at import time) must form no cycle at all.
+    Adding the lazy imports inside functions, there must be no cycle either, except through
+    a module's own parent packages: Python imports a package before any of its submodules,
+    so ``from marginbench import __version__`` inside cli.main adds no ordering (while
+    marginbench.compose() imports cli lazily). A lazy cycle between siblings, such as the
+    old registry -> loading -> registry, is a design knot and fails here."""
+    modules = _package_modules()
+    eager = {n: _imports(n, p, modules, module_level=True) for n, p in modules.items()}
+    assert _find_cycle(eager) is None, f"module-level import cycle: {_find_cycle(eager)}"
+    lazy = {
+        n: {m for m in _imports(n, p, modules, module_level=False) if not n.startswith(m + ".")}
+        for n, p in modules.items()
+    }
+    assert _find_cycle(lazy) is None, f"import cycle (lazy imports included): {_find_cycle(lazy)}"
+    registry = lazy["marginbench.models.registry"]
+    assert "marginbench.models.loading" not in registry
+    assert not (lazy["marginbench.models.sources"] & {"marginbench.models.registry", "marginbench.models.loading"})
+
+
+def test_registry_imports_neither_torch_nor_robustbench():
+    """`marginbench models`, the report and config validation use the registry and must not
+    pay for torch or RobustBench (seconds)."""
+    code = (
+        "import sys\n"
+        "from marginbench.models import registry\n"
+        "registry.list_models()\n"
+        "for name in ('XU80', 'fm_madry', 'MD0'):\n"
+        "    registry.checkpoint_path(registry.resolve_model(name), 'models_cache')\n"
+        "from types import SimpleNamespace as NS\n"
+        "registry.custom_entry(NS(factory='m:f', dataset=None, norm='Linf', num_classes=10), 'npz')\n"
+        "print(sorted(m for m in ('torch', 'robustbench') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------------------------
 # Built-in model: known answer on real CIFAR-10 images
 # --------------------------------------------------------------------------------------------
 
@@ -279,7 +390,7 @@ def test_aa_resnet18_accuracy_on_first100(cifar10_first100_npz, tmp_path):
 
 @pytest.fixture(scope="module")
 def rb_dicts():
-    return loading.robustbench_model_dicts()
+    return sources.robustbench_model_dicts()
 
 
 def _write_random_rb_checkpoint(rb_dicts, entry, model_dir: Path, wrap: str) -> nn.Module:
@@ -385,6 +496,20 @@ def factory_module(tmp_path, monkeypatch):
     sys.modules.pop("mb_user_models", None)
 
 
+def test_custom_entry_defaults():
+    cfg = ModelConfig(kind="custom", factory="pkg.mod:net", num_classes=7)
+    entry = custom_entry(cfg, "cifar100")
+    assert (entry.code, entry.source, entry.architecture) == ("custom:pkg.mod:net", "custom", "custom")
+    assert (entry.threat_model, entry.num_classes, entry.robustbench_id) == ("Linf", 7, None)
+    assert entry.dataset == "cifar100"  # the run's dataset describes the model ...
+    assert custom_entry(cfg, "auto").dataset == "npz" == custom_entry(cfg, None).dataset
+    mine = ModelConfig(kind="custom", factory="pkg.mod:net", dataset="fashion_mnist", norm="L2")
+    assert custom_entry(mine, "cifar10").dataset == "fashion_mnist"  # ... unless it names its own
+    assert custom_entry(mine, "cifar10").threat_model == "L2"
+    with pytest.raises(MarginbenchError, match="model.factory=MODULE:FUNCTION"):
+        custom_entry(ModelConfig(kind="custom"), "npz")
+
+
 @pytest.mark.parametrize("wrap", ["raw", "state_dict"])
 def test_custom_factory_with_weights(factory_module, tmp_path, wrap):
     import mb_user_models
@@ -404,6 +529,7 @@ def test_custom_factory_with_weights(factory_module, tmp_path, wrap):
     x = torch.rand(4, 3, 2, 2)
     assert torch.equal(model(x), trained.eval()(x))
     assert (entry.source, entry.threat_model, entry.num_classes) == ("custom", "L2", 5)
+    assert entry == custom_entry(cfg, None)  # one entry builder for the loader and the pipeline
     assert split_model(model, example_input=x).head.out_features == 5
 
 
@@ -446,9 +572,9 @@ def test_custom_weights_that_do_not_fit(factory_module, tmp_path):
 
 
 def test_zoo_model_missing_says_make_zoo(tmp_path, monkeypatch):
-    import marginbench.models.local as local
+    from marginbench.models import sources
 
-    monkeypatch.setattr(local, "ZOO_DIR", tmp_path / "empty_zoo")
+    monkeypatch.setattr(sources, "ZOO_DIR", tmp_path / "empty_zoo")
     with pytest.raises(MarginbenchError, match="make zoo"):
         load_model(ModelConfig(name="fm_trades"), tmp_path, "cpu")
 

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marginbench import cli
 from marginbench import train as T
+from marginbench.config import LOSSES, group_options
 from marginbench.errors import MarginbenchError
 from marginbench.models.local import (
     FORMAT,
@@ -124,19 +126,61 @@ def test_training_attack_restores_train_mode_and_grad_flags():
 
 
 def test_every_recipe_loads_and_validates():
-    recipes = sorted(T.CONFIG_DIR.glob("*.yaml"))
-    names = {p.stem for p in recipes}
-    for loss in T.LOSSES:
+    names = group_options("train")
+    for loss in LOSSES:
         assert f"fmnist_cnn_{loss}" in names and f"cifar10_resnet18_{loss}" in names
-    for path in recipes:
-        cfg = T.load_recipe(path.stem)
-        assert cfg.loss in T.LOSSES
+    for name in names:
+        cfg = T.load_recipe(name)
+        assert cfg.loss in LOSSES
     c10 = T.load_recipe("cifar10_resnet18_trades")
     assert (c10.lr, c10.momentum, c10.weight_decay, c10.epochs, c10.batch_size) == (0.1, 0.9, 5e-4, 100, 128)
     assert c10.eps_value == pytest.approx(8 / 255) and c10.step_size_value == pytest.approx(2 / 255)
     assert c10.attack_steps == 10 and c10.beta == 4.0 and c10.schedule == "cosine"
     fm = T.load_recipe("fmnist_cnn_pgd", ["epochs=1", "name=x"])
     assert fm.epochs == 1 and fm.name == "x" and fm.step_size_value == pytest.approx(2.5 * 0.1 / 5)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["epochz=1"], "unknown training option 'epochz' (did you mean 'epochs'?); valid keys: arch, "),
+        (["epochs=abc"], "epochs=abc is not a valid integer; fix the value of epochs"),
+        (["loss=madry2"], "train.loss='madry2' is unknown"),
+        (["epochs"], "override 'epochs' must look like key=value"),
+    ],
+)
+def test_recipe_typos_fail_at_compose_time_in_one_line(overrides, message):
+    with pytest.raises(MarginbenchError) as err:
+        T.load_recipe("fmnist_cnn_pgd", overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_recipes_are_composed_from_config_dir(tmp_path, monkeypatch):
+    """The recipe comes from marginbench.config.CONFIG_DIR (MARGINBENCH_CONFIG_DIR), typed by
+    TrainConfig in Hydra's ConfigStore: a key the schema lacks fails even inside a recipe."""
+    import marginbench.config as config
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "mini.yaml").write_text("name: mini\nloss: trades\nepochs: 2\neps: 8/255\n")
+    (tmp_path / "train" / "typo.yaml").write_text("name: typo\nepochz: 2\n")
+    monkeypatch.setattr(config, "CONFIG_DIR", tmp_path)
+    cfg = T.load_recipe("mini", ["epochs=1"])
+    assert asdict(cfg) == {**asdict(T.TrainConfig()), "name": "mini", "loss": "trades", "epochs": 1, "eps": "8/255"}
+    assert T.load_recipe(None, ["name=d"]) == T.TrainConfig(name="d")  # no recipe: the defaults
+    with pytest.raises(MarginbenchError, match=r"unknown training option 'epochz' in .*typo\.yaml") as err:
+        T.load_recipe("typo")
+    assert "\n" not in str(err.value)
+    with pytest.raises(MarginbenchError, match=r"no training recipe 'fmnist_cnn_pgd'; choose one of mini, typo$"):
+        T.load_recipe("fmnist_cnn_pgd")
+
+
+def test_train_command_typo_exits_2_before_any_work(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "train=fmnist_cnn_pgd", "name=x", "lrr=0.1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("marginbench: error: unknown training option 'lrr' (did you mean 'lr'?)")
+    assert "\n" not in err
 
 
 @pytest.mark.parametrize(
@@ -199,7 +243,7 @@ def _synthetic(n: int, seed: int = 0):
     return x.clamp(0, 255).to(torch.uint8), y
 
 
-@pytest.mark.parametrize("loss", T.LOSSES)
+@pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_trains_on_synthetic_data(loss):
     x, y = _synthetic(256)
     cfg = T.TrainConfig(name="t", loss=loss, epochs=2, batch_size=32, lr=0.05, eps="0.05", attack_steps=2,

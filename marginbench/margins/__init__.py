@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from marginbench.config import attack_preset, group_options
 from marginbench.errors import MarginbenchError
 from marginbench.margins import advlib, fab
 from marginbench.margins.base import AttackSpec, Estimator, MarginBatch, MarginEstimator
@@ -32,18 +33,6 @@ ESTIMATORS = {
     "apgd_bisect": advlib.apgd_bisect,
     "ddn": advlib.ddn,
     "alma": advlib.alma,
-}
-
-# Budgets of ensemble members that have no override in the ensemble's ``options``;
-# the same values as configs/attack/<name>.yaml.
-PRESETS: dict[str, AttackSpec] = {
-    "fab": AttackSpec("fab", steps=100, restarts=5),
-    "fab_targeted": AttackSpec("fab_targeted", steps=100, restarts=1),
-    "fab_topk": AttackSpec("fab_topk", steps=100, restarts=1, options={"candidates": 3}),
-    "fmn": AttackSpec("fmn", steps=100, restarts=1),
-    "apgd_bisect": AttackSpec("apgd_bisect", steps=20, restarts=1, options={"search_steps": 10}),
-    "ddn": AttackSpec("ddn", steps=100, restarts=1),
-    "alma": AttackSpec("alma", steps=500, restarts=1),
 }
 
 MEMBER_KEYS = ("steps", "restarts", "refine", "options")
@@ -80,6 +69,22 @@ def _single(name: str, spec: AttackSpec, norm: str, label: str | None = None) ->
     return Estimator(spec, norm, ESTIMATORS[name], label=label)
 
 
+def member_defaults(base_name: str) -> AttackSpec:
+    """An ensemble member's budget where the ensemble's ``options`` do not override it: the
+    preset file named after it (``fmn`` -> configs/attack/fmn.yaml), else AttackSpec's
+    defaults. Read from the YAML, so a preset's numbers live in one place."""
+    if base_name not in group_options("attack"):
+        return AttackSpec(base_name)
+    preset = attack_preset(base_name)
+    return AttackSpec(
+        base_name,
+        steps=int(preset["steps"]),
+        restarts=int(preset["restarts"]),
+        refine=bool(preset["refine"]),
+        options=dict(preset["options"] or {}),
+    )
+
+
 def build_estimator(cfg: Any, norm: str) -> MarginEstimator:
     """AttackConfig (dataclass, DictConfig or mapping) + norm (Linf | L2) -> estimator."""
     if norm not in NORMS:
@@ -106,7 +111,7 @@ def build_estimator(cfg: Any, norm: str) -> MarginEstimator:
                 f"ensemble member {member}: unknown keys {sorted(unknown)}; allowed: {', '.join(MEMBER_KEYS)}"
             )
         base_name = member.split("@", 1)[0]  # "fmn@long": a second fmn member with its own budget
-        preset = PRESETS.get(base_name, AttackSpec(base_name))
+        preset = member_defaults(base_name)
         spec = AttackSpec(
             base_name,
             steps=int(override.get("steps", preset.steps)),
@@ -119,6 +124,6 @@ def build_estimator(cfg: Any, norm: str) -> MarginEstimator:
 
 
 __all__ = [
-    "DEFAULT_ATTACK", "ESTIMATORS", "PRESETS", "AttackSpec", "Ensemble", "Estimator", "MarginBatch",
+    "DEFAULT_ATTACK", "ESTIMATORS", "AttackSpec", "Ensemble", "Estimator", "MarginBatch",
     "MarginEstimator", "build_estimator", "lp_norm", "verify",
 ]

@@ -12,7 +12,8 @@ from typing import Any
 _EXPORTS = {
     "load_model": "marginbench.models.loading",
     "ModelEntry": "marginbench.models.registry",
-    "checkpoint_path": "marginbench.models.registry",
+    "checkpoint_path": "marginbench.models.sources",
+    "custom_entry": "marginbench.models.registry",
     "list_models": "marginbench.models.registry",
     "paper_code": "marginbench.models.registry",
     "resolve_model": "marginbench.models.registry",

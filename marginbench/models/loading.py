@@ -20,7 +20,6 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,19 @@ from torch import nn
 
 from marginbench.config import ModelConfig
 from marginbench.errors import MarginbenchError
-from marginbench.models.registry import NUM_CLASSES, ModelEntry, checkpoint_path, resolve_model
+from marginbench.models.registry import ModelEntry, custom_entry, resolve_model
+from marginbench.models.sources import (
+    GDRIVE_URL,
+    builtin_weights_path,
+    checkpoint_path,
+    import_robustbench,
+    is_timm_model,
+    robustbench_model_dicts,
+    robustbench_spec,
+    timm_name,
+    weights_url,
+)
 from marginbench.network import NETWORK_TIMEOUT_S, url_reachable
-
-GDRIVE_URL = "https://drive.google.com/uc?id={}"
 
 # Objects some published checkpoints carry next to their tensors (training args, numpy
 # scalars such as a best accuracy). Allowed for weights_only loading: they hold data, no code.
@@ -164,77 +172,6 @@ def ensure_weights(
 # --------------------------------------------------------------------------------------------
 
 
-def import_robustbench() -> None:
-    """Import RobustBench quietly (it needs ``autoattack``, which pyautoattack provides)."""
-    try:
-        import pyautoattack
-
-        sys.modules.setdefault("autoattack", pyautoattack)
-    except ImportError:  # robustbench may find a real `autoattack` package
-        pass
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pkg_resources deprecation, timm registry overwrites
-        try:
-            importlib.import_module("robustbench.model_zoo")
-            importlib.import_module("robustbench.utils")
-        except Exception as exc:
-            raise MarginbenchError(
-                f"cannot import robustbench ({type(exc).__name__}: {exc}); reinstall it with `pip install robustbench`"
-            ) from None
-
-
-def robustbench_model_dicts() -> dict:
-    import_robustbench()
-    from robustbench.model_zoo import model_dicts
-
-    return model_dicts
-
-
-def _rb_spec(entry: ModelEntry) -> dict:
-    import_robustbench()  # robustbench needs the `autoattack` alias before any of its imports
-    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
-
-    dicts = robustbench_model_dicts()
-    try:
-        return dicts[BenchmarkDataset(entry.dataset)][ThreatModel(entry.threat_model)][
-            entry.robustbench_id
-        ]
-    except (KeyError, ValueError):
-        raise MarginbenchError(
-            f"RobustBench (installed version) has no model {entry.robustbench_id!r} for "
-            f"{entry.dataset}/{entry.threat_model}; upgrade it with `pip install -U robustbench`"
-        ) from None
-
-
-def _timm_name(entry: ModelEntry) -> str:
-    return f"{entry.robustbench_id.lower().replace('-', '_')}_{entry.dataset}_{entry.threat_model.lower()}"
-
-
-def _is_timm_model(entry: ModelEntry) -> bool:
-    import timm
-
-    return bool(timm.is_model(_timm_name(entry)))
-
-
-def weights_url(entry: ModelEntry) -> str | None:
-    """Download URL of a RobustBench entry's (first) weights file."""
-    if entry.source != "robustbench":
-        return None
-    if _is_timm_model(entry):
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(_timm_name(entry))
-        return getattr(cfg, "url", None) or None
-    if entry.dataset == "imagenet" and entry.robustbench_id.startswith("Standard"):
-        from torchvision.models import ResNet50_Weights
-
-        return ResNet50_Weights.IMAGENET1K_V1.url
-    gid = _rb_spec(entry)["gdrive_id"]
-    if isinstance(gid, list):
-        gid = gid[0] if gid else None
-    return GDRIVE_URL.format(gid) if gid else None
-
-
 def _state_dict_of(checkpoint: Any, name: str) -> dict:
     """RobustBench's unwrapping: a 'last' snapshot, 'state_dict' / 'model_state_dict' keys,
     then its 'module.' and 'model.' prefix removal."""
@@ -292,7 +229,7 @@ def _load_timm(entry: ModelEntry, path: Path, url: str | None) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = timm.create_model(
-            _timm_name(entry), num_classes=entry.num_classes, pretrained=False
+            timm_name(entry), num_classes=entry.num_classes, pretrained=False
         )
     checkpoint = torch_load_weights(path, url)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
@@ -322,16 +259,42 @@ def _load_timm(entry: ModelEntry, path: Path, url: str | None) -> nn.Module:
     return model
 
 
+def _load_robustbench_ensemble(
+    entry: ModelEntry, spec: dict, path: Path, download: bool
+) -> nn.Module:
+    """A RobustBench ensemble: one weights file per member, ``<id>.pt_m<i>.pt``."""
+    name = entry.robustbench_id
+    if name.startswith(("Bai2023Improving", "Bai2024MixedNUTS")):
+        raise MarginbenchError(
+            f"{name} is a composite model marginbench cannot load; pick another model"
+        )
+    members = [
+        (Path(f"{path}_m{i}.pt"), GDRIVE_URL.format(gid), gid)
+        for i, gid in enumerate(spec["gdrive_id"])
+    ]
+    for member, url, gid in members:  # all files first: fail before building anything
+        ensure_weights(member, url, gid, download)
+    model = _build(spec["model"], name)
+    if not hasattr(model, "models"):
+        raise MarginbenchError(
+            f"{name} is a composite model marginbench cannot load; pick another model"
+        )
+    for i, (member, url, _) in enumerate(members):
+        state = _state_dict_of(torch_load_weights(member, url), name)
+        model.models[i] = _load_state(model.models[i], name, state, entry.dataset, member)
+    return model
+
+
 def _load_robustbench(entry: ModelEntry, model_dir: Path, download: bool) -> nn.Module:
     import_robustbench()
     name = entry.robustbench_id
     path = checkpoint_path(entry, model_dir)
-    if _is_timm_model(entry):
+    if is_timm_model(entry):
         url = weights_url(entry)
         ensure_weights(path, url, None, download)
         return _load_timm(entry, path, url)
 
-    spec = _rb_spec(entry)
+    spec = robustbench_spec(entry)
     gdrive = spec["gdrive_id"]
     if entry.dataset == "imagenet" and name.startswith("Standard"):
         # RobustBench builds it with torchvision's pretrained=True (a download at build time);
@@ -355,24 +318,7 @@ def _load_robustbench(entry: ModelEntry, model_dir: Path, download: bool) -> nn.
             f"RobustBench publishes no weights file for {name}; it cannot be loaded offline"
         )
     if isinstance(gdrive, list):  # ensembles: one file per member, <id>.pt_m<i>.pt
-        if name.startswith(("Bai2023Improving", "Bai2024MixedNUTS")):
-            raise MarginbenchError(
-                f"{name} is a composite model marginbench cannot load; pick another model"
-            )
-        members = [
-            (Path(f"{path}_m{i}.pt"), GDRIVE_URL.format(gid), gid) for i, gid in enumerate(gdrive)
-        ]
-        for member, url, gid in members:  # all files first: fail before building anything
-            ensure_weights(member, url, gid, download)
-        model = _build(spec["model"], name)
-        if not hasattr(model, "models"):
-            raise MarginbenchError(
-                f"{name} is a composite model marginbench cannot load; pick another model"
-            )
-        for i, (member, url, _) in enumerate(members):
-            state = _state_dict_of(torch_load_weights(member, url), name)
-            model.models[i] = _load_state(model.models[i], name, state, entry.dataset, member)
-        return model
+        return _load_robustbench_ensemble(entry, spec, path, download)
 
     url = GDRIVE_URL.format(gdrive)
     ensure_weights(path, url, gdrive, download)
@@ -417,20 +363,6 @@ _IMAGENET_NO_PREFIX = frozenset(
 # --------------------------------------------------------------------------------------------
 # Built-in, demo zoo, locally trained
 # --------------------------------------------------------------------------------------------
-
-
-def builtin_weights_path(code: str) -> Path:
-    if code != "aa_resnet18":
-        raise MarginbenchError(
-            f"unknown built-in model {code!r}; the built-in model is aa_resnet18"
-        )
-    try:
-        root = resources.files("pyautoattack")
-    except ModuleNotFoundError:
-        raise MarginbenchError(
-            "aa_resnet18 needs the pyautoattack package; install it with `pip install pyautoattack`"
-        ) from None
-    return Path(str(root.joinpath("examples", "model_test.pt")))
 
 
 def _load_builtin(entry: ModelEntry) -> nn.Module:
@@ -510,12 +442,30 @@ def _import_factory(spec: str) -> Any:
     return obj
 
 
-def _load_custom(cfg: ModelConfig) -> tuple[nn.Module, ModelEntry]:
-    factory = _import_factory(cfg.factory) if cfg.factory else None
-    if factory is None:
+def _custom_state_dict(cfg: ModelConfig) -> dict:
+    """``model.weights``: a state dict of tensors, bare or under 'state_dict' / 'model_state_dict'."""
+    path = Path(cfg.weights).expanduser()
+    if not path.is_file():
+        raise MarginbenchError(f"model.weights={cfg.weights!r}: file not found")
+    state = torch_load_weights(path)
+    if isinstance(state, dict):
+        for key in ("state_dict", "model_state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise MarginbenchError(
-            "model.kind=custom needs model.factory=MODULE:FUNCTION (a function returning an nn.Module)"
+            f"model.weights={cfg.weights!r} is not a state_dict (or {{'state_dict': ...}}) of tensors"
         )
+    return state
+
+
+def _load_custom(cfg: ModelConfig) -> tuple[nn.Module, ModelEntry]:
+    # The entry first: it is the one registry.custom_entry the pipeline records, and it
+    # refuses a missing factory before anything is imported. Without the run's dataset
+    # option here, the entry says what the pipeline says for dataset=auto.
+    entry = custom_entry(cfg, None)
+    factory = _import_factory(cfg.factory)
     try:
         model = factory()
     except Exception as exc:
@@ -527,19 +477,7 @@ def _load_custom(cfg: ModelConfig) -> tuple[nn.Module, ModelEntry]:
             f"model.factory={cfg.factory!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
     if cfg.weights:
-        path = Path(cfg.weights).expanduser()
-        if not path.is_file():
-            raise MarginbenchError(f"model.weights={cfg.weights!r}: file not found")
-        state = torch_load_weights(path)
-        if isinstance(state, dict):
-            for key in ("state_dict", "model_state_dict"):
-                if isinstance(state.get(key), dict):
-                    state = state[key]
-                    break
-        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise MarginbenchError(
-                f"model.weights={cfg.weights!r} is not a state_dict (or {{'state_dict': ...}}) of tensors"
-            )
+        state = _custom_state_dict(cfg)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -555,17 +493,6 @@ def _load_custom(cfg: ModelConfig) -> tuple[nn.Module, ModelEntry]:
                 ) from None
     if cfg.norm not in ("Linf", "L2"):
         raise MarginbenchError(f"model.norm={cfg.norm!r} is unknown; use Linf or L2")
-    entry = ModelEntry(
-        code=f"custom:{cfg.factory}",
-        source="custom",
-        dataset=cfg.dataset or "",
-        threat_model=cfg.norm,
-        robustbench_id=None,
-        architecture="custom",
-        clean_acc=None,
-        robust_acc=None,
-        num_classes=int(cfg.num_classes),
-    )
     return model, entry
 
 
@@ -613,8 +540,9 @@ def load_model(
     return model, entry
 
 
+# builtin_weights_path, robustbench_model_dicts and weights_url live in sources (the leaf
+# module) and stay importable from here for existing callers.
 __all__ = [
-    "NUM_CLASSES",
     "builtin_weights_path",
     "check_checkpoint_file",
     "ensure_weights",

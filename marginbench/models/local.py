@@ -31,10 +31,10 @@ import torch
 from torch import nn
 
 from marginbench.errors import MarginbenchError
+from marginbench.models import sources
 from marginbench.models.small import build_architecture
 
 FORMAT = "marginbench-checkpoint-v1"
-ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 META_KEYS = ("arch", "num_classes", "dataset", "threat_model", "train_config", "data", "metrics")
 
 
@@ -111,7 +111,7 @@ def find_local_checkpoint(name: str, model_dir: Path | None = None) -> Path | No
     candidates = []
     if model_dir is not None:
         candidates.append(Path(model_dir) / "local" / f"{name}.pt")
-    candidates.append(ZOO_DIR / f"{name}.pt")
+    candidates.append(sources.ZOO_DIR / f"{name}.pt")
     for cand in candidates:
         if cand.is_file():
             return cand
@@ -120,7 +120,7 @@ def find_local_checkpoint(name: str, model_dir: Path | None = None) -> Path | No
 
 def list_local_checkpoints(model_dir: Path | None = None) -> dict[str, Path]:
     """name -> path of every demo-zoo and user-trained checkpoint (user-trained wins)."""
-    found: dict[str, Path] = {p.stem: p for p in sorted(ZOO_DIR.glob("*.pt"))}
+    found: dict[str, Path] = {p.stem: p for p in sorted(sources.ZOO_DIR.glob("*.pt"))}
     if model_dir is not None:
         found.update({p.stem: p for p in sorted((Path(model_dir) / "local").glob("*.pt"))})
     return found

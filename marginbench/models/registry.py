@@ -8,7 +8,7 @@ Sources of an entry:
   a number RobustBench does not publish is left empty (``None``), never guessed.
 - ``builtin``: ``aa_resnet18``, the standard CIFAR-10 ResNet-18 shipped in the pyautoattack
   wheel (``pyautoattack/examples/model_test.pt``).
-- ``zoo``: the Fashion-MNIST demo models (``fm_*``), weights under ``local.ZOO_DIR``,
+- ``zoo``: the Fashion-MNIST demo models (``fm_*``), weights under ``sources.ZOO_DIR``,
   built by ``make zoo``.
 - ``local``: the five ResNet-18 models the paper's authors trained themselves (MD0, TR0, MR0,
   AL0, CL0) and any ``<model_dir>/local/<name>.pt`` written by ``marginbench train``.
@@ -18,6 +18,10 @@ ImageNet models, whose rule codes would collide (``Salman2020Do_R18`` and ``_R50
 ``SA1``, and ``1`` is already CIFAR-100's suffix), get the rule's two letters, the ResNet depth
 when needed, and ``I`` (``SA18I``, ``SA50I``, ``ENI``, ``STI``); and names that are not RobustBench
 ids keep their own names.
+
+This module is pure data and imports neither torch nor RobustBench at module level (checked by
+tests/test_models.py): where weights live and RobustBench's own zoo come from ``sources``, the
+leaf module that ``loading`` imports too.
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ import io
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from marginbench.errors import MarginbenchError
+from marginbench.models.sources import checkpoint_path as checkpoint_path  # re-exported
+from marginbench.models.sources import local_files, robustbench_model_dicts
 
 SOURCES = ("robustbench", "builtin", "zoo", "local")
+# Classes per dataset: the package's one table (training, local checkpoints, RobustBench rows).
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
 CSV_NAME = "robustbench_models.csv"
 
@@ -141,15 +149,6 @@ def list_models() -> list[ModelEntry]:
     return list(_static_entries())
 
 
-def _local_files(model_dir: Path | None) -> dict[str, Path]:
-    if model_dir is None:
-        return {}
-    folder = Path(model_dir) / "local"
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.glob("*.pt")) if p.is_file()}
-
-
 def _local_entry(name: str, path: Path) -> ModelEntry:
     """An entry for a user-trained checkpoint, described by the metadata it carries."""
     from marginbench.models.local import read_checkpoint_meta
@@ -192,8 +191,6 @@ def _robustbench_zoo_entry(
     rb_id: str, dataset: str | None, threat_model: str | None
 ) -> ModelEntry | None:
     """Any other model of RobustBench's zoo (no published numbers on record here)."""
-    from marginbench.models.loading import robustbench_model_dicts
-
     try:
         dicts = robustbench_model_dicts()
     except MarginbenchError:
@@ -218,13 +215,39 @@ def _robustbench_zoo_entry(
     )
 
 
+def custom_entry(model_cfg: Any, dataset: str | None) -> ModelEntry:
+    """The entry of a user's own model (``model=custom``): what a run records about it.
+
+    ``model_cfg`` is the ``model`` config node (ModelConfig or DictConfig); ``dataset`` is the
+    run's ``dataset`` option. The model's own ``model.dataset`` wins; else the run's dataset
+    describes it, and with none chosen (``auto``, or None when there is no run) the model
+    can only be evaluated on a user's file, ``npz``.
+    """
+    if not model_cfg.factory:
+        raise MarginbenchError(
+            "model=custom needs model.factory=MODULE:FUNCTION (a function returning an nn.Module)"
+        )
+    run_dataset = dataset if dataset and dataset != "auto" else "npz"
+    return ModelEntry(
+        code=f"custom:{model_cfg.factory}",
+        source="custom",
+        dataset=model_cfg.dataset or run_dataset,
+        threat_model=model_cfg.norm,
+        robustbench_id=None,
+        architecture="custom",
+        clean_acc=None,
+        robust_acc=None,
+        num_classes=int(model_cfg.num_classes),
+    )
+
+
 def _all_names(model_dir: Path | None) -> list[str]:
     names = []
     for e in _static_entries():
         names.append(e.code)
         if e.robustbench_id:
             names.append(e.robustbench_id)
-    names.extend(_local_files(model_dir))
+    names.extend(local_files(model_dir))
     return sorted(set(names))
 
 
@@ -259,7 +282,7 @@ def resolve_model(
     entry = _by_robustbench_id(text, dataset, threat_model)
     if entry is not None:
         return entry
-    for stem, path in _local_files(Path(model_dir) if model_dir is not None else None).items():
+    for stem, path in local_files(Path(model_dir) if model_dir is not None else None).items():
         if stem.lower() == key:
             return _local_entry(stem, path)
     # Only now pay for importing RobustBench (seconds): any other id of its zoo.
@@ -275,29 +298,3 @@ def resolve_model(
         f"closest matches: {', '.join(close)}" if close else "run `marginbench models` to list them"
     )
     raise MarginbenchError(f"unknown model {name!r}; {hint}")
-
-
-def checkpoint_path(entry: ModelEntry, model_dir: Path | str) -> Path | None:
-    """Where the entry's weights file lives (None for custom models without weights).
-
-    RobustBench: ``<model_dir>/<dataset>/<threat>/<id>.pt`` (RobustBench's own cache layout;
-    an ensemble's members are ``<id>.pt_m0.pt``, ``<id>.pt_m1.pt`` ... next to it).
-    """
-    model_dir = Path(model_dir)
-    if entry.source == "robustbench":
-        return model_dir / entry.dataset / entry.threat_model / f"{entry.robustbench_id}.pt"
-    if entry.source == "builtin":
-        from marginbench.models.loading import builtin_weights_path
-
-        return builtin_weights_path(entry.code)
-    if entry.source == "zoo":
-        from marginbench.models.local import ZOO_DIR
-
-        return Path(ZOO_DIR) / f"{entry.code}.pt"
-    if entry.source == "local":
-        local = _local_files(model_dir)
-        for stem, path in local.items():
-            if stem.lower() == entry.code.lower():
-                return path
-        return model_dir / "local" / f"{entry.code}.pt"
-    return None
