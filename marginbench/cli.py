@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from marginbench.config import CONFIG_DIR
 from marginbench.errors import MarginbenchError
 from marginbench.overrides import expand_model_shorthand, validate_overrides
 from marginbench.sweeps import run_hydra

@@ -62,16 +62,10 @@ def sweep_variants(overrides: Sequence[str]) -> list[list[str]]:
 
 
 def compose(overrides: Sequence[str], return_hydra_config: bool = False) -> Any:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """The run config for these overrides (no validation beyond the schema's types)."""
+    from marginbench.config import hydra_compose
 
-    from marginbench.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    return hydra_compose("config", overrides, return_hydra_config)
 
 
 def explain_compose_error(error: BaseException) -> str:

@@ -51,19 +51,7 @@ def model_entry(cfg: DictConfig) -> Any:
     from marginbench.models import registry
 
     if cfg.model.kind == "custom":
-        if not cfg.model.factory:
-            raise MarginbenchError("model=custom needs model.factory=MODULE:FUNCTION (a function returning an nn.Module)")
-        return registry.ModelEntry(
-            code=f"custom:{cfg.model.factory}",
-            source="custom",
-            dataset=cfg.model.dataset or (cfg.dataset.name if cfg.dataset.name != "auto" else "npz"),
-            threat_model=cfg.model.norm,
-            robustbench_id=None,
-            architecture="custom",
-            clean_acc=None,
-            robust_acc=None,
-            num_classes=cfg.model.num_classes,
-        )
+        return registry.custom_entry(cfg.model, cfg.dataset.name)
     if cfg.model.kind != "zoo":
         raise MarginbenchError(f"model.kind={cfg.model.kind!r} is unknown; use a model name (model=XU80) or model=custom")
     return registry.resolve_model(cfg.model.name, model_dir=Path(cfg.paths.model_dir))
