@@ -51,6 +51,7 @@ from marginbench.device import resolve_device
 from marginbench.errors import MarginbenchError
 from marginbench.models.local import save_local_checkpoint
 from marginbench.models.small import build_architecture
+from marginbench.progress import progress_bar
 
 # --------------------------------------------------------------------------------------
 # Config
@@ -393,61 +394,63 @@ def fit(
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
+    per_epoch = math.ceil(len(labels) / cfg.batch_size)
+    history: dict[str, list] = {"epoch_loss": [], "epoch_train_acc": [], "epoch_seconds": []}
+    desc = f"train {cfg.name} [{cfg.loss}]"
+    with progress_bar(per_epoch * cfg.epochs, desc, enabled=cfg.progress, unit="batch") as bar:
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            loss, acc = _train_epoch(model, optimizer, cfg, images_u8, labels, device, gen, epoch, bar)
+            history["epoch_loss"].append(loss)
+            history["epoch_train_acc"].append(acc)
+            history["epoch_seconds"].append(time.perf_counter() - t0)
+            if log is not None:
+                msg = (f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f} "
+                       f"train acc ({'adversarial' if cfg.loss != 'standard' else 'clean'}) {acc:.4f} "
+                       f"{history['epoch_seconds'][-1]:.1f}s")
+                if cfg.progress:
+                    bar.write(msg)  # keeps the progress bar on its own line
+                else:
+                    log(msg)
+    model.eval()
+    return model, history
+
+
+def _train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, images_u8: Tensor, labels: Tensor,
+    device: torch.device, gen: torch.Generator, epoch: int, bar: Any,
+) -> tuple[float, float]:
+    """One pass over the shuffled training set; (mean loss, train accuracy) of the epoch."""
+    model.train()
     n = len(labels)
     per_epoch = math.ceil(n / cfg.batch_size)
     total = per_epoch * cfg.epochs
-    bar = None
-    if cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=f"train {cfg.name} [{cfg.loss}]", unit="batch", dynamic_ncols=True)
-    history: dict[str, list] = {"epoch_loss": [], "epoch_train_acc": [], "epoch_seconds": []}
-    it = 0
-    for epoch in range(cfg.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        order = torch.randperm(n, generator=gen)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for b in range(per_epoch):
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x = _to_float(images_u8[idx], device)
-            if cfg.augment:
-                x = _augment(x.cpu(), gen).to(device)
-            y = labels[idx].to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(cfg, it, total, per_epoch)
-            loss, logits = batch_loss(model, cfg, x, y, gen)
-            if not torch.isfinite(loss):
-                raise MarginbenchError(
-                    f"training loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; lower train.lr"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            it += 1
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            if bar is not None:
-                bar.update(1)
-                if b % 10 == 0 or b == per_epoch - 1:
-                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_sum / seen:.3f}",
-                                    acc=f"{correct / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
-        history["epoch_loss"].append(loss_sum / seen)
-        history["epoch_train_acc"].append(correct / seen)
-        history["epoch_seconds"].append(time.perf_counter() - t0)
-        if log is not None:
-            msg = (f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.4f} "
-                   f"train acc ({'adversarial' if cfg.loss != 'standard' else 'clean'}) {correct / seen:.4f} "
-                   f"{history['epoch_seconds'][-1]:.1f}s")
-            if bar is not None:
-                bar.write(msg)  # keeps the progress bar on its own line
-            else:
-                log(msg)
-    if bar is not None:
-        bar.close()
-    model.eval()
-    return model, history
+    order = torch.randperm(n, generator=gen)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for b in range(per_epoch):
+        idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        x = _to_float(images_u8[idx], device)
+        if cfg.augment:
+            x = _augment(x.cpu(), gen).to(device)
+        y = labels[idx].to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(cfg, epoch * per_epoch + b, total, per_epoch)
+        loss, logits = batch_loss(model, cfg, x, y, gen)
+        if not torch.isfinite(loss):
+            raise MarginbenchError(
+                f"training loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; lower train.lr"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.update(1)
+        if b % 10 == 0 or b == per_epoch - 1:
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss_sum / seen:.3f}",
+                            acc=f"{correct / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+    return loss_sum / seen, correct / seen
 
 
 def _subset(cfg: TrainConfig, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
