@@ -52,6 +52,11 @@ class DetectorSpec:
     score: str = "logit_margin"
     rule: str = "order statistic, smallest r with BinomCDF(r-1; n1, target) >= 1-delta"
     marginbench_version: str = __version__
+    # the model config it was calibrated for (`marginbench detect` loads it when no model= is given)
+    model: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
+    # held-out attacked samples (disjoint from the calibration ones): realised recall and FPR
+    test: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> Path:
@@ -68,9 +73,10 @@ class DetectorSpec:
 
 def calibrate_from_samples(
     samples: pd.DataFrame, eps: float, norm: str, weights_hash: str, *, target_recall: float = 0.95,
-    delta: float = 0.05, n_calibration: int | None = None, seed: int = 0,
+    delta: float = 0.05, n_calibration: int | None = None, seed: int = 0, **fields: Any,
 ) -> DetectorSpec:
-    """Calibrate on a run's per-sample table (all rows, or a seeded random ``n_calibration``)."""
+    """Calibrate on a run's per-sample table (all rows, or a seeded random ``n_calibration``);
+    ``fields``: further DetectorSpec fields (model, dataset, test)."""
     n = len(samples)
     rows = np.arange(n) if n_calibration is None else np.sort(
         np.random.default_rng(seed).choice(n, size=min(int(n_calibration), n), replace=False))
@@ -82,7 +88,7 @@ def calibrate_from_samples(
         threshold=cal.threshold, eps=float(eps), norm=str(norm), target_recall=target_recall,
         delta=delta, n_calibration=int(rows.size), n_calibration_nonrobust=cal.n_nonrobust,
         calibration_indices=[int(i) for i in sub["index"]], weights_sha256=weights_hash,
-        extra={"rank": cal.rank, "confidence": cal.confidence, "seed": seed},
+        extra={"rank": cal.rank, "confidence": cal.confidence, "seed": seed}, **fields,
     )
 
 
@@ -100,6 +106,11 @@ class BrittleDetector(nn.Module):
         self.model = model
         self.spec = spec
         self.register_buffer("threshold", torch.tensor(float(spec.threshold)))
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module) -> BrittleDetector:
+        """The detector of ``detector.json`` around ``model``; refuses other weights."""
+        return cls(model, DetectorSpec.load(Path(path)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits = self.model(x)

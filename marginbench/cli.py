@@ -41,10 +41,10 @@ usage:
                                          list the model registry (paper codes, RobustBench ids)
   marginbench train train=RECIPE name=NAME [KEY=VALUE ...]
                                          adversarially train a local model (PGD-AT, TRADES, ...)
-  marginbench calibrate RUN_DIR --model M [--target-recall 0.95 --delta 0.05]
+  marginbench calibrate model=M eps=E [detector.target_recall=0.95 detector.delta=0.05 ...]
                                          detector.json: logit-margin threshold with a recall guarantee
-  marginbench detect --detector detector.json --model M --images X.npz
-                                         brittle flag per image (CSV)
+  marginbench detect detector=PATH [model=M dataset=D n_samples=N]
+                                         flags.csv: brittle flag per image, no attack
   marginbench run --help                 every config key and group
   marginbench --version
 

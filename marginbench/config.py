@@ -217,6 +217,19 @@ class TrainRecipeConfig(TrainConfig):
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"train@_global_": None}])
 
 
+@dataclass
+class DetectorConfig:
+    """``detector.*`` keys of ``marginbench calibrate`` (composed beside MarginbenchConfig, not
+    inside it: they mean nothing to ``marginbench run`` and must not reach its cache keys)."""
+
+    target_recall: float = 0.95  # flag >= this share of non-robust inputs ...
+    delta: float = 0.05  # ... with probability >= 1 - delta over the calibration draw
+    n_calibration: int = 500  # seeded random calibration samples among the evaluated ones
+    n_test: Optional[int] = 500  # held-out samples (disjoint) for the reported recall/FPR; null: all the rest
+    score: str = "logit_margin"  # the only score a BrittleDetector computes without an attack
+    seed: int = 0  # seeds the calibration/test split
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="marginbench_schema", node=MarginbenchConfig)
@@ -226,6 +239,7 @@ def register_configs() -> None:
     cs.store(group="pseudo", name="pseudo_schema", node=PseudoConfig)
     cs.store(group="paths", name="paths_schema", node=PathsConfig)
     cs.store(name=TRAIN_CONFIG_NAME, node=TrainRecipeConfig)
+    cs.store(group="detector", name="detector_schema", node=DetectorConfig)
 
 
 def hydra_compose(config_name: str, overrides: Sequence[str], return_hydra_config: bool = False) -> Any:

@@ -1,89 +1,148 @@
-"""``marginbench calibrate`` and ``marginbench detect`` (argv parsing and file I/O only).
+"""``marginbench calibrate`` and ``marginbench detect``: argv -> configs -> marginbench.deploy.
 
-calibrate: a finished run directory (summary.json + samples.csv) and the model's checkpoint ->
-detector.json. detect: detector.json + the same checkpoint + images (.npz, array ``images``:
-uint8 NHWC or float NCHW in [0,1]) -> a CSV of logit margin and brittle flag per image.
+Both take KEY=VALUE overrides composed by Hydra exactly like ``marginbench run`` (model=...,
+dataset=..., n_samples=..., eps=..., attack=...), validated before any work. ``detector.*``
+keys (calibrate) are typed by :class:`~marginbench.config.DetectorConfig` and composed apart
+from the run config, so they never reach a cache key; ``detector=PATH`` (detect) names a
+detector.json. ``hydra.run.dir=DIR`` chooses the output directory.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import difflib
+import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
+from marginbench.config import DetectorConfig
 from marginbench.errors import MarginbenchError
 
+CALIBRATE_HELP = """\
+usage: marginbench calibrate [KEY=VALUE ...] [detector.KEY=VALUE ...] [hydra.run.dir=DIR]
 
-def _checkpoint(arg: str) -> Path:
-    # a path, or the name of a demo-zoo / locally trained model
-    path = Path(arg)
-    if path.is_file():
-        return path
-    from marginbench.models.local import find_local_checkpoint
+Runs the margin pipeline on the evaluated samples (cached like `marginbench run`), draws a
+seeded calibration set and a disjoint held-out set, and writes DIR/detector.json: flag an input
+as brittle when its logit margin <= threshold; with probability >= 1-delta over the calibration
+draw the flag catches >= target_recall of the non-robust inputs (input margin <= eps).
+detector keys (defaults): target_recall=0.95 delta=0.05 n_calibration=500 n_test=500
+score=logit_margin seed=0
+example: marginbench calibrate model=fm_madry eps=0.1 n_samples=1000 detector.n_calibration=500"""
 
-    found = find_local_checkpoint(arg)
-    if found is None:
-        raise MarginbenchError(f"no checkpoint file or local model named {arg!r}; pass a .pt path")
-    return found
+DETECT_HELP = """\
+usage: marginbench detect detector=PATH [model=...] [dataset=...] [n_samples=N] [hydra.run.dir=DIR]
+
+Writes DIR/flags.csv (index, pred, logit_margin, brittle) for the images, one forward pass
+each, no attack; the model defaults to the one named in detector.json and must have exactly
+its weights."""
 
 
-def _load_model(arg: str):
-    from marginbench.models.local import load_local_checkpoint
+def _split(args: list[str], prefix: str) -> tuple[list[str], list[str], str | None]:
+    """(run overrides, overrides starting with ``prefix``, hydra.run.dir or None)."""
+    if any(a in ("-m", "--multirun") for a in args):
+        raise MarginbenchError("calibrate/detect take no sweeps (-m); run one command per model")
+    run, own, run_dir = [], [], None
+    for arg in args:
+        if arg.startswith("-"):
+            raise MarginbenchError(f"unknown option {arg}; give KEY=VALUE overrides (--help lists them)")
+        if "=" not in arg:
+            raise MarginbenchError(f"expected KEY=VALUE, got {arg!r}")
+        if arg.startswith("hydra.run.dir="):
+            run_dir = arg.split("=", 1)[1]
+        elif arg.startswith(prefix):
+            own.append(arg)
+        else:
+            run.append(arg)
+    return run, own, run_dir
 
-    return load_local_checkpoint(_checkpoint(arg), "cpu")[0]
+
+def compose_run(overrides: list[str]) -> DictConfig:
+    """The run config ``marginbench run`` would build from these overrides (validated)."""
+    from marginbench.overrides import compose, expand_model_shorthand, validate_overrides
+
+    overrides = expand_model_shorthand(overrides)
+    validate_overrides(overrides)
+    return compose(overrides)
+
+
+def compose_detector(overrides: list[str]) -> DictConfig:
+    """DetectorConfig defaults + ``detector.KEY=VALUE`` overrides, type-checked, one-line errors."""
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    node = OmegaConf.structured(DetectorConfig)
+    for item in overrides:
+        key, value = item.split("=", 1)
+        leaf = key.removeprefix("detector.")
+        if leaf not in node:
+            guess = difflib.get_close_matches(leaf, list(node.keys()), n=1)
+            hint = f" (did you mean 'detector.{guess[0]}'?)" if guess else ""
+            raise MarginbenchError(f"unknown config key '{key}'{hint}; see `marginbench calibrate --help`")
+        try:
+            node = OmegaConf.merge(node, OmegaConf.from_dotlist([f"{leaf}={value}"]))
+        except (ValidationError, ConfigKeyError):
+            raise MarginbenchError(f"{key}={value} is not a valid {type(getattr(node, leaf)).__name__}; fix it") from None
+    return node
+
+
+def _log_to_stderr() -> None:
+    # outside Hydra nothing configures logging; the user must see "margins: cached (...)"
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+
+
+def _run_dir(run_dir: str | None, cfg: DictConfig, command: str) -> Path:
+    if run_dir:
+        return Path(run_dir)
+    name = cfg.model.name if cfg.model.kind == "zoo" else "custom"
+    return Path("outputs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{name}-{command}"
 
 
 def command_calibrate(args: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="marginbench calibrate")
-    p.add_argument("run_dir", type=Path, help="a run directory (summary.json, samples.csv)")
-    p.add_argument("--model", required=True, help="checkpoint path or local/zoo model name")
-    p.add_argument("--target-recall", type=float, default=0.95)
-    p.add_argument("--delta", type=float, default=0.05)
-    p.add_argument("--n-calibration", type=int, default=None, help="random subset of the samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("detector.json"))
-    a = p.parse_args(args)
-    from marginbench.brittle import calibrate_from_samples, weights_sha256
+    if any(a in ("-h", "--help") for a in args):
+        print(CALIBRATE_HELP)
+        return 0
+    from marginbench import deploy
 
-    try:
-        summary = json.loads((a.run_dir / "summary.json").read_text())
-        samples = pd.read_csv(a.run_dir / "samples.csv")
-    except OSError as exc:
-        raise MarginbenchError(f"{a.run_dir} is not a finished run directory ({exc.strerror})") from None
-    spec = calibrate_from_samples(
-        samples, float(summary["eps"]), str(summary.get("norm", "Linf")), weights_sha256(_load_model(a.model)),
-        target_recall=a.target_recall, delta=a.delta, n_calibration=a.n_calibration, seed=a.seed,
-    )
-    spec.save(a.out)
-    print(f"{a.out}: flag when logit margin <= {spec.threshold:.4g}; recall >= {spec.target_recall} "
-          f"with probability >= {1 - spec.delta:g} ({spec.n_calibration_nonrobust} non-robust of "
-          f"{spec.n_calibration} calibration samples)")
+    run_overrides, det_overrides, run_dir = _split(args, "detector.")
+    det = compose_detector(det_overrides)
+    cfg = compose_run(run_overrides)
+    deploy.check_detector_config(det, cfg)  # before the pipeline does any work
+    _log_to_stderr()
+    result = deploy.calibrate(cfg, det, _run_dir(run_dir, cfg, "calibrate"))
+    spec, test = result.spec, result.spec.test
+    print(f"{result.path}: brittle when logit margin <= {spec.threshold:.4g} (eps={spec.eps:g}, {spec.norm}); "
+          f"recall >= {spec.target_recall} with probability >= {1 - spec.delta:g} "
+          f"({spec.n_calibration_nonrobust} non-robust of {spec.n_calibration} calibration samples)")
+    print(f"  held-out: {test['n']} samples, {test['n_nonrobust']} non-robust: "
+          f"recall {100 * test['recall']:.2f}%  FPR {100 * test['fpr']:.2f}%")
     return 0
 
 
 def command_detect(args: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="marginbench detect")
-    p.add_argument("--detector", type=Path, required=True)
-    p.add_argument("--model", required=True, help="checkpoint path or local/zoo model name")
-    p.add_argument("--images", type=Path, required=True, help=".npz with an images array")
-    p.add_argument("--out", type=Path, default=Path("brittle.csv"))
-    a = p.parse_args(args)
-    import torch
+    if any(a in ("-h", "--help") for a in args):
+        print(DETECT_HELP)
+        return 0
+    from marginbench import deploy
+    from marginbench.brittle import DetectorSpec
 
-    from marginbench.brittle import BrittleDetector, DetectorSpec
-
-    det = BrittleDetector(_load_model(a.model), DetectorSpec.load(a.detector)).eval()
-    with np.load(a.images, allow_pickle=False) as npz:
-        images = npz["images"]
-    x = torch.from_numpy(images)
-    x = x.permute(0, 3, 1, 2).float() / 255 if images.dtype == np.uint8 else x.float()
-    with torch.no_grad():
-        logits, brittle, score = det(x)
-    out = pd.DataFrame({"pred": logits.argmax(1).numpy(), "logit_margin": score.numpy(),
-                        "brittle": brittle.numpy()})
-    out.to_csv(a.out, index_label="row")
-    print(f"{a.out}: {int(out.brittle.sum())} of {len(out)} inputs flagged brittle")
+    run_overrides, det_args, run_dir = _split(args, "detector=")
+    if len(det_args) != 1:
+        raise MarginbenchError("say which detector, once: detector=PATH/detector.json")
+    spec = DetectorSpec.load(Path(det_args[0].split("=", 1)[1]))
+    if not any(o.startswith("model") for o in run_overrides):
+        if not spec.model:
+            raise MarginbenchError("the detector file names no model; add model=NAME")
+        run_overrides = _model_overrides(spec.model) + run_overrides
+    cfg = compose_run(run_overrides)
+    path, flags = deploy.run_detect(cfg, spec, _run_dir(run_dir, cfg, "detect"))
+    print(f"{path}: {int(flags['brittle'].sum())} of {len(flags)} inputs flagged brittle "
+          f"(logit margin <= {spec.threshold:.4g})")
     return 0
+
+
+def _model_overrides(model: dict) -> list[str]:
+    """The detector's model config as overrides (so it is composed and checked like model=...)."""
+    items = [f"model={model.get('kind', 'zoo')}"]
+    items += [f"model.{k}={v}" for k, v in model.items() if k != "kind" and v is not None]
+    return items

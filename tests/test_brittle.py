@@ -46,24 +46,3 @@ def test_other_weights_are_refused():
                         weights_sha256=weights_sha256(_model(0)))
     with pytest.raises(MarginbenchError, match="recalibrate"):
         BrittleDetector(_model(1), spec)
-
-
-def test_cli_calibrate_and_detect_on_the_demo_run(tmp_path, capsys):
-    from pathlib import Path
-
-    from marginbench.cli import main
-
-    run = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs" / "fm_madry"
-    det = tmp_path / "detector.json"
-    assert main(["calibrate", str(run), "--model", "fm_madry", "--n-calibration", "500", "--out", str(det)]) == 0
-    spec = DetectorSpec.load(det)
-    assert spec.n_calibration == 500 and spec.n_calibration_nonrobust >= 59
-    images = tmp_path / "x.npz"
-    np.savez(images, images=np.random.default_rng(0).random((4, 1, 28, 28)).astype("float32"))
-    out = tmp_path / "flags.csv"
-    assert main(["detect", "--detector", str(det), "--model", "fm_madry", "--images", str(images), "--out", str(out)]) == 0
-    flags = pd.read_csv(out)
-    assert (flags["brittle"] == (flags["logit_margin"] <= spec.threshold)).all()
-    with pytest.raises(SystemExit) as exc:  # another model's weights: one-line refusal
-        main(["detect", "--detector", str(det), "--model", "fm_trades", "--images", str(images)])
-    assert exc.value.code == 2 and "recalibrate" in capsys.readouterr().err
