@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from marginbench.cache import ArtifactStore, artifact_key
 from marginbench.config import MarginbenchConfig, attack_label
 from marginbench.models.handle import LazyModel, ensure_model_available, model_identity
+from marginbench.preflight import PreflightSpec
 from marginbench.settings import RunSettings, as_config, dataset_config, validate
 from marginbench.stages import Execution, data_key
 from marginbench.stages.margins import MarginParams, Shard, compute_margins, margins_key
@@ -70,6 +71,8 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
     data.check_compatible(eval_set, entry)
     store = ArtifactStore(settings.cache_dir)
     model.example_input = eval_set.images[:2]
+    model.preflight = PreflightSpec(entry.code, eval_set.images[:4], entry.num_classes,
+                                    int(eval_set.labels.max()) if len(eval_set.labels) else None)
     execution = Execution(settings.device, int(cfg.batch_size), bool(cfg.progress))
 
     model_id = model_identity(cfg, entry, settings.model_dir, store)
@@ -106,12 +109,23 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
     record = compute_metrics(store, keys["runs"], metrics_params, run_data,
                              summary_header(cfg, entry, settings, len(eval_set.labels)), input_keys)
     summary, samples = read_record(record)
+    warn_if_detection_undefined(samples, settings.eps_text)
 
     if run_dir is not None:
         run_dir = Path(run_dir)
         write_run_dir(run_dir, record, samples, summary, cfg.plots)
     log.info("run finished in %.1f s", time.perf_counter() - started)
     return RunResult(summary, samples, run_dir, keys)
+
+
+def warn_if_detection_undefined(samples: pd.DataFrame, eps_text: str) -> None:
+    """With one class only (every sample non-robust, or none), AUROC/AUPR/FPR@95 are not
+    numbers anyone should read; say so instead of letting a nan or 0 pass as a result."""
+    nonrobust = samples["nonrobust"].astype(bool)
+    if len(nonrobust) and nonrobust.all():
+        log.warning("eps=%s: every sample is non-robust; detection metrics (AUROC, AUPR, FPR@95) are undefined, choose a smaller eps", eps_text)
+    elif len(nonrobust) and not nonrobust.any():
+        log.warning("eps=%s: no sample is non-robust; detection metrics (AUROC, AUPR, FPR@95) are undefined, choose a larger eps", eps_text)
 
 
 def summary_header(cfg: DictConfig, entry: Any, settings: RunSettings, n_samples: int) -> dict[str, Any]:
