@@ -238,7 +238,9 @@ class ArtifactStore:
             record = json.loads(json.dumps(record, default=str))  # what meta.json will read back as
             record["meta_sha256"] = meta_digest(record)
             (tmp / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-            if final.exists():
+            # A concurrent run of the same key may have finished first: keep its intact copy
+            # (another process may be reading it right now) and drop ours.
+            if final.exists() and not ((final / META_FILE).is_file() and self._intact(final)):
                 shutil.rmtree(final, ignore_errors=True)
             try:
                 os.replace(tmp, final)
@@ -282,6 +284,8 @@ class ArtifactStore:
             try:
                 part = load_npz(path)
                 problem = check(part) if check is not None else None
+            except FileNotFoundError:  # a concurrent run assembled the parts and removed them
+                continue
             except DAMAGED_FILE_ERRORS as error:
                 problem = f"unreadable ({type(error).__name__})"
             if problem is None:

@@ -110,6 +110,9 @@ def compute_margins(
             todo.size, f", {resumed} already done" if resumed else "", params.attack.get("name"), params.norm,
         )
         _attack_and_store(store, key, images, todo, model, params, run, label)
+        finished_elsewhere = store.get("margins", key)  # a concurrent run of the same config
+        if finished_elsewhere is not None:
+            return MarginStageResult(finished_elsewhere, int(todo.size))
     parts = store.load_parts("margins", key, part_problem)
     covered = _covered(parts, n)
     if shard.index is not None and not covered.all():
@@ -117,7 +120,10 @@ def compute_margins(
         message = (f"shard {shard.index}/{shard.count} done; finished shards: {finished}. "
                    "Run without shard.index to assemble when all are done.")
         return MarginStageResult(None, int(todo.size), message)
-    if not covered.all():  # cannot happen unless parts vanished underneath us
+    if not covered.all():  # parts vanish when a concurrent run of this config assembled them
+        finished_elsewhere = store.get("margins", key)
+        if finished_elsewhere is not None:
+            return MarginStageResult(finished_elsewhere, int(todo.size))
         raise MarginbenchError(f"margin batches for {int((~covered).sum())} samples disappeared from the cache; run again")
     return MarginStageResult(_assemble(store, key, parts, n, meta, int(todo.size), label), int(todo.size))
 
