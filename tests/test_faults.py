@@ -71,7 +71,8 @@ def files_under(path: Path) -> set[str]:
 STAGE_FILES = [("margins", "arrays.npz"), ("margins", "meta.json"), ("outputs", "arrays.npz"),
                ("outputs", "meta.json"), ("runs", "summary.json"), ("runs", "samples.csv"),
                ("runs", "head_weight.npy"), ("runs", "meta.json"), ("margins.parts", "part")]
-DAMAGE = ["truncate", "bitflip", "delete"]
+# truncation in the default suite; the other two kinds of damage with the slow tests
+DAMAGE = ["truncate", pytest.param("bitflip", marks=pytest.mark.slow), pytest.param("delete", marks=pytest.mark.slow)]
 
 
 def damage(path: Path, how: str) -> None:
@@ -122,9 +123,9 @@ def test_damaged_cache_file_is_recomputed_to_identical_results(npz, pristine, tm
 # ---------------------------------------------------------------------------------------------
 
 
-def start(npz: Path, cache: Path, run_dir: Path) -> subprocess.Popen:
+def start(npz: Path, cache: Path, run_dir: Path, factory: str = "slow_cnn") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "marginbench.cli", "run", *config(npz, cache, factory="slow_cnn"),
+        [sys.executable, "-m", "marginbench.cli", "run", *config(npz, cache, factory=factory),
          f"hydra.run.dir={run_dir}"],
         cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -145,7 +146,7 @@ def kill_and_resume(npz: Path, tmp_path: Path, reference: pd.DataFrame, moments:
     cache, hits = tmp_path / "cache", 0
     for attempt in range(moments):
         process = start(npz, cache, tmp_path / f"killed{attempt}")
-        time.sleep(rng.uniform(0.5, 8.0))  # start-up (imports) to well into the attack
+        time.sleep(rng.uniform(1.0, 7.0))  # from start-up (imports) to the end of the attack
         if process.poll() is None:
             hits += 1
             process.kill()
@@ -191,16 +192,18 @@ def test_sigterm_says_what_was_kept_and_resumes_exactly(npz, tmp_path, slow_refe
     same_samples(pd.read_csv(tmp_path / "resumed" / "samples.csv"), slow_reference[0])
 
 
-@pytest.mark.parametrize("copies", [2, pytest.param(3, marks=pytest.mark.slow)])
-def test_concurrent_identical_runs_share_one_cache(npz, tmp_path, slow_reference, copies):
+@pytest.mark.slow
+@pytest.mark.parametrize(("copies", "factory"), [(2, "tiny_cnn"), (3, "slow_cnn")])
+def test_concurrent_identical_runs_share_one_cache(npz, tmp_path, pristine, slow_reference, copies, factory):
     cache = tmp_path / "cache"
-    processes = [start(npz, cache, tmp_path / f"run{i}") for i in range(copies)]
+    processes = [start(npz, cache, tmp_path / f"run{i}", factory) for i in range(copies)]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
         assert "Traceback" not in stderr
+    reference = slow_reference[0] if factory == "slow_cnn" else pristine[1].samples
     for i in range(copies):
-        same_samples(pd.read_csv(tmp_path / f"run{i}" / "samples.csv"), slow_reference[0])
+        same_samples(pd.read_csv(tmp_path / f"run{i}" / "samples.csv"), reference)
 
 
 # ---------------------------------------------------------------------------------------------
