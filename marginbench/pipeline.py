@@ -56,9 +56,8 @@ class RunResult:
 def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) -> RunResult:
     """Run the whole pipeline for one config; returns the summary and per-sample table.
 
-    ``run_dir``: where summary.json, samples.csv and the figures go (None: nowhere, the
-    results are still cached and returned).
-    """
+    ``run_dir``: where summary.json, samples.csv and the figures go (None: nowhere; the
+    results are still cached and returned)."""
     from marginbench import data
 
     cfg = as_config(cfg)
@@ -70,9 +69,7 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
                                   list(cfg.indices) if cfg.indices is not None else None)
     data.check_compatible(eval_set, entry)
     store = ArtifactStore(settings.cache_dir)
-    model.example_input = eval_set.images[:2]
-    model.preflight = PreflightSpec(entry.code, eval_set.images[:4], entry.num_classes,
-                                    int(eval_set.labels.max()) if len(eval_set.labels) else None)
+    attach_checks(model, eval_set, entry)
     execution = Execution(settings.device, int(cfg.batch_size), bool(cfg.progress))
 
     model_id = model_identity(cfg, entry, settings.model_dir, store)
@@ -116,6 +113,13 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
         write_run_dir(run_dir, record, samples, summary, cfg.plots)
     log.info("run finished in %.1f s", time.perf_counter() - started)
     return RunResult(summary, samples, run_dir, keys)
+
+
+def attach_checks(model: LazyModel, eval_set: Any, entry: Any) -> None:
+    """What the model is checked against when (and only if) it is first loaded."""
+    model.example_input = eval_set.images[:2]
+    model.preflight = PreflightSpec(entry.code, eval_set.images[:4], entry.num_classes,
+                                    int(eval_set.labels.max()) if len(eval_set.labels) else None)
 
 
 def warn_if_detection_undefined(samples: pd.DataFrame, eps_text: str) -> None:
