@@ -14,8 +14,9 @@ import torch
 
 from marginbench.errors import MarginbenchError
 
-# Two forward passes of the same batch in eval mode must agree to this (float32 noise only).
-DETERMINISM_ATOL = 1e-5
+# Two forward passes of the same batch in eval mode must agree to this: float32 noise of
+# nondeterministic GPU kernels passes, dropout or noise injection (differences ~1) does not.
+DETERMINISM_RTOL, DETERMINISM_ATOL = 1e-4, 1e-5
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def run_preflight(model: torch.nn.Module, spec: PreflightSpec, device: torch.dev
         out = model(x)
         again = model(x)
     check_output(out, spec)
-    if not torch.allclose(out, again, rtol=0, atol=DETERMINISM_ATOL):
+    if not torch.allclose(out, again, rtol=DETERMINISM_RTOL, atol=DETERMINISM_ATOL):
         diff = (out - again).abs().max().item()
         raise MarginbenchError(
             f"{spec.name} gives different outputs for the same input in eval mode (up to {diff:.3g} apart); "
