@@ -343,3 +343,18 @@ def test_eps_leaving_one_class_warns_that_detection_is_undefined(npz, pristine, 
     shutil.copytree(root / "full", cache)
     marginbench.run(*config(npz, cache, f"eps={eps}"))
     assert expected in caplog.text and "detection metrics" in caplog.text
+
+
+def test_disk_full_mid_run_is_one_line(npz, tmp_path, capfd, monkeypatch):
+    """The disk filling up after the start-up check: the first failing write is one line."""
+    import errno
+
+    from marginbench import cache as cache_module
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_write_bytes", full)
+    args = ["run", *config(npz, tmp_path / "cache"), f"hydra.run.dir={tmp_path / 'run'}"]
+    assert_one_line_error(*run_cli(args, capfd), "No space left on device")
+    assert not list((tmp_path / "cache").rglob("*.npz"))
