@@ -302,7 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(str(error))
     except KeyboardInterrupt as stop:
         signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
-        print(f"marginbench: stopped by {signal.Signals(signum).name}; finished batches are kept in the cache; "
+        cache = [a.partition("=")[2] for a in args if a.startswith("paths.cache_dir=")]
+        where = cache[-1] if cache else os.environ.get("MARGINBENCH_CACHE", ".cache/marginbench")
+        print(f"marginbench: stopped by {signal.Signals(signum).name}; finished batches are kept in {where}; "
               f"resume with: marginbench {shlex.join(args)}", file=sys.stderr, flush=True)
         return 128 + int(signum)
     finally:
