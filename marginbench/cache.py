@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,16 @@ def atomic_save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {name: data[name] for name in data.files}
+
+
+# What a damaged npz raises: a truncated zip (BadZipFile), a flipped bit (BadZipFile "Bad
+# CRC-32", or a header numpy cannot parse), a member cut short (EOFError/ValueError).
+DAMAGED_FILE_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+def meta_digest(record: Mapping[str, Any]) -> str:
+    """Hash of a meta.json's own content, so a flipped digit in a stored summary is caught."""
+    return hashlib.sha256(canonical_json({k: v for k, v in record.items() if k != "meta_sha256"}).encode()).hexdigest()
 
 
 _ENVIRONMENT: dict[str, Any] | None = None
@@ -181,13 +192,16 @@ class ArtifactStore:
     def _intact(path: Path) -> bool:
         try:
             meta = json.loads((path / META_FILE).read_text())
+            # older artifacts have no self-hash; their files are still checked below
+            if "meta_sha256" in meta and meta["meta_sha256"] != meta_digest(meta):
+                return False
             for name, record in meta["files"].items():
                 file = path / name
                 if not file.is_file() or file.stat().st_size != record["size"]:
                     return False
                 if sha256_file(file) != record["sha256"]:
                     return False
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return False
         return True
 
@@ -221,8 +235,12 @@ class ArtifactStore:
                 **meta,
                 "files": files,
             }
+            record = json.loads(json.dumps(record, default=str))  # what meta.json will read back as
+            record["meta_sha256"] = meta_digest(record)
             (tmp / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-            if final.exists():
+            # A concurrent run of the same key may have finished first: keep its intact copy
+            # (another process may be reading it right now) and drop ours.
+            if final.exists() and not ((final / META_FILE).is_file() and self._intact(final)):
                 shutil.rmtree(final, ignore_errors=True)
             try:
                 os.replace(tmp, final)
@@ -255,15 +273,27 @@ class ArtifactStore:
     def save_part(self, stage: str, key: str, start: int, stop: int, arrays: Mapping[str, np.ndarray]) -> None:
         atomic_save_npz(self.parts_dir(stage, key) / f"part-{start:08d}-{stop:08d}.npz", arrays)
 
-    def load_parts(self, stage: str, key: str) -> list[dict[str, np.ndarray]]:
-        """Every readable finished batch; an unreadable one is deleted (it will be redone)."""
+    def load_parts(
+        self, stage: str, key: str, check: Callable[[dict[str, np.ndarray]], str | None] | None = None
+    ) -> list[dict[str, np.ndarray]]:
+        """Every intact finished batch. A part that cannot be read in full, or that ``check``
+        finds wrong (a missing field, inconsistent lengths), is logged, deleted and redone."""
         parts = []
         directory = self.parts_dir(stage, key)
         for path in sorted(directory.glob("part-*.npz")) if directory.is_dir() else []:
             try:
-                parts.append(load_npz(path))
-            except (OSError, ValueError, EOFError):
-                path.unlink(missing_ok=True)
+                part = load_npz(path)
+                problem = check(part) if check is not None else None
+            except FileNotFoundError:  # a concurrent run assembled the parts and removed them
+                continue
+            except DAMAGED_FILE_ERRORS as error:
+                problem = f"unreadable ({type(error).__name__})"
+            if problem is None:
+                parts.append(part)
+                continue
+            log.warning("cached batch %s/%s is damaged (%s); deleting it, it will be recomputed",
+                        path.parent.name, path.name, problem)
+            path.unlink(missing_ok=True)
         return parts
 
     def stages(self) -> Iterable[str]:

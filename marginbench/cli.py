@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 import traceback
 import warnings
@@ -62,6 +65,11 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _number(value: float | None) -> str:
+    """None (a metric undefined on this run, e.g. tau with every attack failed) is n/a."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def human_summary(result: RunResult) -> str:
     """A run's headline numbers, as printed after each job."""
     s = result.summary
@@ -76,13 +84,13 @@ def human_summary(result: RunResult) -> str:
         f"{s['model']} on {s['dataset']} ({s['norm']}, eps={s.get('eps_text', s['eps'])}, n={s['n_samples']}, attack={s['attack']})",
         f"  clean acc {pct('clean_accuracy')}%   robust acc (attack) {pct('robust_accuracy_attack')}%"
         + (f"   published {pct('robust_accuracy_published')}%" if s.get("robust_accuracy_published") is not None else ""),
-        f"  Kendall tau {s.get('kendall_tau', float('nan')):.3f}   AUROC {pct('auroc')}   AUPR {pct('aupr')}   FPR@95 {pct('fpr_at_95')}",
+        f"  Kendall tau {_number(s.get('kendall_tau'))}   AUROC {pct('auroc')}   AUPR {pct('aupr')}   FPR@95 {pct('fpr_at_95')}",
         f"  attack failures {s.get('n_attack_failures', 0)}   non-robust share {pct('nonrobust_share')}%",
     ]
     if s.get("pseudo"):
         p = s["pseudo"]
         lines.append(
-            f"  pseudo-margin: tau {p.get('kendall_tau', float('nan')):.3f}   AUROC {100 * (p.get('auroc') or float('nan')):.2f}"
+            f"  pseudo-margin: tau {_number(p.get('kendall_tau'))}   AUROC {100 * (p.get('auroc') or float('nan')):.2f}"
         )
     if result.run_dir is not None:
         lines.append(f"  results: {result.run_dir}/summary.json, samples.csv")
@@ -105,7 +113,7 @@ def hydra_task(cfg: Any) -> dict[str, Any]:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
     try:
-        result = pipeline.run(cfg, run_dir)
+        result = _run_pipeline(pipeline, cfg, run_dir)
         print(human_summary(result), flush=True)
         status.update(status="done", shard_only=result.shard_only, keys=result.keys)
     except MarginbenchError as error:
@@ -120,6 +128,45 @@ def hydra_task(cfg: Any) -> dict[str, Any]:
         status.update(status="failed", error=f"{type(error).__name__}: {error}")
     (run_dir / "status.json").write_text(json.dumps(status, indent=2, default=str))
     return status
+
+
+# A full disk or a permission lost mid-run is the user's to fix, not a bug: one line.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
+
+
+def _run_pipeline(pipeline: Any, cfg: Any, run_dir: Path) -> RunResult:
+    try:
+        return pipeline.run(cfg, run_dir)
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        raise MarginbenchError(
+            f"cannot write {error.filename}: {error.strerror}; free space or fix permissions, then rerun "
+            "the same command (finished batches are kept)"
+        ) from None
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (SLURM's warning before a time-limit kill) or SIGINT, raised in the main thread
+    so that every atomic write in flight cleans up its temporary file on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def _check_run_dirs(overrides: list[str], multirun: bool) -> None:
+    """Hydra creates the run directory before any marginbench code runs, so an unusable one
+    must be caught here or it surfaces as Hydra's traceback."""
+    from marginbench.settings import check_dir
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [o.partition("=")[2] for o in overrides if o.startswith(f"{key}=")]
+    check_dir(key, given[-1] if given else ("multirun" if multirun else "outputs"), write=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +189,7 @@ def command_run(args: list[str]) -> int:
             overrides.append(arg)
     overrides = expand_model_shorthand(overrides)
     validate_overrides(overrides)
+    _check_run_dirs(overrides, multirun)
     return run_hydra(hydra_task, overrides, multirun)
 
 
@@ -256,14 +304,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         guess = difflib.get_close_matches(args[0], list(commands), n=1)
         fail(f"unknown command {args[0]!r}{f' (did you mean {guess[0]!r}?)' if guess else ''}; see `marginbench --help`")
     _quiet_library_warnings()
+    previous = _install_stop_handlers()
     try:
         return commands[args[0]](args[1:])
     except MarginbenchError as error:
         fail(str(error))
-    except KeyboardInterrupt:
-        print("marginbench: interrupted; finished batches are cached, rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+        cache = [a.partition("=")[2] for a in args if a.startswith("paths.cache_dir=")]
+        where = cache[-1] if cache else os.environ.get("MARGINBENCH_CACHE", ".cache/marginbench")
+        print(f"marginbench: stopped by {signal.Signals(signum).name}; finished batches are kept in {where}; "
+              f"resume with: marginbench {shlex.join(args)}", file=sys.stderr, flush=True)
+        return 128 + int(signum)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
+
+
+def _install_stop_handlers() -> dict[int, Any]:
+    """SIGTERM and SIGINT -> Stopped; returns the handlers to restore (main thread only)."""
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, _raise_stopped)
+    except ValueError:  # not the main thread (an embedding application): keep its handlers
+        pass
+    return previous
 
 
 def _quiet_library_warnings() -> None:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from marginbench.cache import ArtifactStore, artifact_key
 from marginbench.config import MarginbenchConfig, attack_label
 from marginbench.models.handle import LazyModel, ensure_model_available, model_identity
+from marginbench.preflight import PreflightSpec
 from marginbench.settings import RunSettings, as_config, dataset_config, validate
 from marginbench.stages import Execution, data_key
 from marginbench.stages.margins import MarginParams, Shard, compute_margins, margins_key
@@ -55,9 +56,8 @@ class RunResult:
 def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) -> RunResult:
     """Run the whole pipeline for one config; returns the summary and per-sample table.
 
-    ``run_dir``: where summary.json, samples.csv and the figures go (None: nowhere, the
-    results are still cached and returned).
-    """
+    ``run_dir``: where summary.json, samples.csv and the figures go (None: nowhere; the
+    results are still cached and returned)."""
     from marginbench import data
 
     cfg = as_config(cfg)
@@ -69,7 +69,7 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
                                   list(cfg.indices) if cfg.indices is not None else None)
     data.check_compatible(eval_set, entry)
     store = ArtifactStore(settings.cache_dir)
-    model.example_input = eval_set.images[:2]
+    attach_checks(model, eval_set, entry)
     execution = Execution(settings.device, int(cfg.batch_size), bool(cfg.progress))
 
     model_id = model_identity(cfg, entry, settings.model_dir, store)
@@ -106,12 +106,30 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
     record = compute_metrics(store, keys["runs"], metrics_params, run_data,
                              summary_header(cfg, entry, settings, len(eval_set.labels)), input_keys)
     summary, samples = read_record(record)
+    warn_if_detection_undefined(samples, settings.eps_text)
 
     if run_dir is not None:
         run_dir = Path(run_dir)
         write_run_dir(run_dir, record, samples, summary, cfg.plots)
     log.info("run finished in %.1f s", time.perf_counter() - started)
     return RunResult(summary, samples, run_dir, keys)
+
+
+def attach_checks(model: LazyModel, eval_set: Any, entry: Any) -> None:
+    """What the model is checked against when (and only if) it is first loaded."""
+    model.example_input = eval_set.images[:2]
+    model.preflight = PreflightSpec(entry.code, eval_set.images[:4], entry.num_classes,
+                                    int(eval_set.labels.max()) if len(eval_set.labels) else None)
+
+
+def warn_if_detection_undefined(samples: pd.DataFrame, eps_text: str) -> None:
+    """With one class only (every sample non-robust, or none), AUROC/AUPR/FPR@95 are not
+    numbers anyone should read; say so instead of letting a nan or 0 pass as a result."""
+    nonrobust = samples["nonrobust"].astype(bool)
+    if len(nonrobust) and nonrobust.all():
+        log.warning("eps=%s: every sample is non-robust; detection metrics (AUROC, AUPR, FPR@95) are undefined, choose a smaller eps", eps_text)
+    elif len(nonrobust) and not nonrobust.any():
+        log.warning("eps=%s: no sample is non-robust; detection metrics (AUROC, AUPR, FPR@95) are undefined, choose a larger eps", eps_text)
 
 
 def summary_header(cfg: DictConfig, entry: Any, settings: RunSettings, n_samples: int) -> dict[str, Any]:

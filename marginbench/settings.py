@@ -8,6 +8,8 @@ nothing, so the CLI can validate every job of a sweep before Hydra starts.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from marginbench.config import MarginbenchConfig, parse_eps
 from marginbench.device import resolve_device
 from marginbench.errors import MarginbenchError
+
+# Below this much free space a run would die mid-write (a part, an artifact): refuse to start.
+MIN_FREE_BYTES = 64 << 20
 
 # The paper's eps per (norm, dataset); (norm, None) is the norm's default, else 8/255.
 DEFAULT_EPS = {("Linf", "fashion_mnist"): "0.1", ("Linf", "imagenet"): "4/255", ("L2", None): "0.5"}
@@ -93,7 +98,39 @@ def validate(cfg: DictConfig) -> tuple[Any, RunSettings]:
     from marginbench.margins import build_estimator
 
     build_estimator(cfg.attack, settings.norm)  # unknown attack names fail here, before any work
+    check_paths(settings)
     return entry, settings
+
+
+def check_paths(settings: RunSettings) -> None:
+    """Unusable directories fail here, in one line naming the path, before any data is loaded
+    (otherwise the first write, deep inside a stage, raises a traceback)."""
+    check_dir("paths.cache_dir", settings.cache_dir, write=True)
+    check_dir("paths.model_dir", settings.model_dir, write=False)
+    check_dir("paths.data_dir", settings.data_dir, write=False)
+
+
+def check_dir(key: str, path: Path | str, write: bool) -> None:
+    """``path`` is (or can become) a directory we may read, and write when ``write``.
+
+    A missing directory is fine (it is created when needed), so the checks apply to its
+    nearest existing ancestor. Permissions come from os.access, which honours read-only
+    mounts (root ignores mode bits but not those)."""
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MarginbenchError(f"{key}={path}: {existing} is a file, not a directory; move it or point {key} elsewhere")
+    mode, verb = (os.R_OK | os.W_OK | os.X_OK, "write to") if write else (os.R_OK | os.X_OK, "read")
+    if not os.access(existing, mode):
+        raise MarginbenchError(f"{key}={path}: no permission to {verb} {existing}; fix its permissions or point {key} elsewhere")
+    if write:
+        free = shutil.disk_usage(existing).free
+        if free < MIN_FREE_BYTES:
+            raise MarginbenchError(
+                f"{key}={path}: no space left on the device of {existing} ({free >> 20} MiB free); free some or point {key} elsewhere"
+            )
 
 
 def dataset_config(cfg: DictConfig, settings: RunSettings) -> DictConfig:

@@ -24,14 +24,15 @@ def tiny_cnn(num_classes: int = 10) -> nn.Module:
 
 
 class ConstantModel(nn.Module):
-    """Ignores its input: no attack can change its prediction."""
+    """Its input moves every logit by the same tiny amount: no attack can change its
+    prediction, yet its input gradient is non-zero (so it passes the pre-flight checks)."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Flatten()
         self.head = nn.Linear(28 * 28, num_classes)
         with torch.no_grad():
-            self.head.weight.zero_()
+            self.head.weight.fill_(1e-6)
             self.head.bias.copy_(torch.arange(num_classes, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,3 +45,66 @@ def constant(num_classes: int = 10) -> nn.Module:
 
 def broken(num_classes: int = 10) -> nn.Module:
     raise RuntimeError("this factory always fails (used to test failing sweep jobs)")
+
+
+class _Scaled(nn.Module):
+    """tiny_cnn followed by a fixed operation (for the pre-flight checks' bad models)."""
+
+    def __init__(self, op: str, num_classes: int) -> None:
+        super().__init__()
+        self.net, self.op = tiny_cnn(num_classes), op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if self.op == "softmax":
+            return out.softmax(1)
+        if self.op == "nan":
+            return out * torch.nan
+        if self.op == "random":
+            return out + torch.randn_like(out)
+        if self.op == "detached":
+            return out.detach() + 0 * x.sum()
+        return out
+
+
+def five_outputs(num_classes: int = 10) -> nn.Module:
+    return tiny_cnn(5)
+
+
+def softmax_last(num_classes: int = 10) -> nn.Module:
+    return _Scaled("softmax", num_classes)
+
+
+def nan_outputs(num_classes: int = 10) -> nn.Module:
+    return _Scaled("nan", num_classes)
+
+
+def random_outputs(num_classes: int = 10) -> nn.Module:
+    return _Scaled("random", num_classes)
+
+
+def detached(num_classes: int = 10) -> nn.Module:
+    return _Scaled("detached", num_classes)
+
+
+def slow_cnn(num_classes: int = 10) -> nn.Module:
+    """tiny_cnn that sleeps in every forward pass: a run long enough to be killed mid-way."""
+    return _Slow(tiny_cnn(num_classes))
+
+
+class _Slow(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.004)
+        return self.net(x)
+
+
+def no_linear(num_classes: int = 10) -> nn.Module:
+    """Logits from a convolution, no nn.Linear head: the feature/head split cannot hold."""
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(1, num_classes, 28), nn.Flatten())

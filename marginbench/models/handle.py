@@ -55,24 +55,35 @@ class LazyModel:
     def __init__(self, model_cfg: DictConfig, model_dir: Path, device: torch.device) -> None:
         self._cfg, self._model_dir, self.device = model_cfg, model_dir, device
         self.example_input: torch.Tensor | None = None  # for the feature/head split's check
+        self.preflight: Any = None  # a preflight.PreflightSpec: checked once, when first loaded
         self._model: torch.nn.Module | None = None
         self._split: Any = None
+        self._checked = False
 
     def get(self) -> torch.nn.Module:
+        from marginbench.models import split_model
+        from marginbench.preflight import run_preflight
+
         if self._model is None:
             from marginbench.models import load_model
 
             log.info("loading model %s", self._cfg.name if self._cfg.kind == "zoo" else self._cfg.factory)
             model, _ = load_model(self._cfg, self._model_dir, self.device)
             self._model = model.eval()
+        if self.preflight is not None and not self._checked:
+            # here, not at start-up: a fully cached run never loads (or checks) the model
+            run_preflight(self._model, self.preflight, self.device)
+            self._split = split_model(self._model, example_input=self.preflight.example.to(self.device))
+            self._checked = True
         return self._model
 
     def split(self) -> Any:
+        net = self.get()  # the pre-flight checks already split the model when they ran
         if self._split is None:
             from marginbench.models import split_model
 
             example = self.example_input.to(self.device) if self.example_input is not None else None
-            self._split = split_model(self.get(), example_input=example)
+            self._split = split_model(net, example_input=example)
         return self._split
 
 

@@ -99,7 +99,7 @@ def compute_margins(
         log.info("%s: cached (margins/%s), margin stage skipped", label, key)
         return MarginStageResult(cached, 0)
     n = images.shape[0]
-    done = _covered(store.load_parts("margins", key), n)
+    done = _covered(store.load_parts("margins", key, part_problem), n)
     shards = shard_positions(n, shard.count, run.batch_size)
     wanted = _wanted_positions(n, done, shards, shard)
     todo = wanted[~done[wanted]]
@@ -110,16 +110,35 @@ def compute_margins(
             todo.size, f", {resumed} already done" if resumed else "", params.attack.get("name"), params.norm,
         )
         _attack_and_store(store, key, images, todo, model, params, run, label)
-    parts = store.load_parts("margins", key)
+        finished_elsewhere = store.get("margins", key)  # a concurrent run of the same config
+        if finished_elsewhere is not None:
+            return MarginStageResult(finished_elsewhere, int(todo.size))
+    parts = store.load_parts("margins", key, part_problem)
     covered = _covered(parts, n)
     if shard.index is not None and not covered.all():
         finished = [i for i, positions in enumerate(shards) if covered[positions].all()]
         message = (f"shard {shard.index}/{shard.count} done; finished shards: {finished}. "
                    "Run without shard.index to assemble when all are done.")
         return MarginStageResult(None, int(todo.size), message)
-    if not covered.all():  # cannot happen unless parts vanished underneath us
+    if not covered.all():  # parts vanish when a concurrent run of this config assembled them
+        finished_elsewhere = store.get("margins", key)
+        if finished_elsewhere is not None:
+            return MarginStageResult(finished_elsewhere, int(todo.size))
         raise MarginbenchError(f"margin batches for {int((~covered).sum())} samples disappeared from the cache; run again")
     return MarginStageResult(_assemble(store, key, parts, n, meta, int(todo.size), label), int(todo.size))
+
+
+def part_problem(part: dict[str, np.ndarray]) -> str | None:
+    """Why a stored batch cannot be used (None: it can): every field of MARGIN_FIELDS, one
+    row per sample in each. A part written by a killed process is never half there (atomic
+    rename), but a disk can still truncate or flip it."""
+    missing = [name for name in MARGIN_FIELDS if name not in part]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    lengths = {name: len(part[name]) for name in MARGIN_FIELDS}
+    if len(set(lengths.values())) != 1 or lengths["position"] == 0:
+        return f"inconsistent lengths {lengths}"
+    return None
 
 
 def _covered(parts: list[dict[str, np.ndarray]], n: int) -> np.ndarray:
