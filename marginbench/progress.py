@@ -12,6 +12,7 @@ margins are unchanged.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +20,9 @@ from typing import Any
 
 # "12.4/100" would be noise: fractional progress is shown rounded to whole samples
 BAR_FORMAT = "{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
-# within a batch the bar stops short of its end: the estimate of the remaining cost is rough
-MAX_IN_BATCH = 0.95
+# within a batch the bar moves linearly with the passes up to this share, then creeps towards
+# (never reaches) the batch's end: the expected cost is only an estimate
+LINEAR_UP_TO = 0.9
 
 
 @contextmanager
@@ -54,6 +56,14 @@ def budget_passes(spec: Any, n_classes: int) -> float:
     return float(passes + (spec.refine_steps if spec.refine else 0) + 2)
 
 
+def in_batch_share(fraction: float) -> float:
+    """Expected-cost fraction done -> share of the batch shown: linear, then asymptotic to 1."""
+    if fraction <= LINEAR_UP_TO:
+        return fraction
+    rest = 1.0 - LINEAR_UP_TO
+    return LINEAR_UP_TO + rest * (1.0 - math.exp(-(fraction - LINEAR_UP_TO) / rest))
+
+
 class PassProgress:
     """Advance ``bar`` within a batch from the passes reported by the estimator's counters,
     throttled to one refresh per ``interval`` seconds; log which member is running."""
@@ -85,10 +95,11 @@ class PassProgress:
         if now - self.last < self.interval:
             return
         self.last = now
-        share = min(self.passes / (self.expected * max(self.size, 1)), MAX_IN_BATCH)
+        share = in_batch_share(self.passes / (self.expected * max(self.size, 1)))
         self.bar.update(self.base + share * self.size - self.bar.n)
-        if self.bar.last_print_n != self.bar.n:  # tqdm's miniters swallowed a small fractional step
-            self.bar.refresh()
+        # always redraw: tqdm's miniters can swallow a small fractional step, and a bar whose
+        # elapsed time still ticks shows the run is alive even when the estimate ran out
+        self.bar.refresh()
 
     def finish_batch(self) -> None:
         """Snap the bar to the batch's end and learn the cost per sample for the next one."""
