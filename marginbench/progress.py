@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,8 +70,10 @@ class PassProgress:
     throttled to one refresh per ``interval`` seconds; log which member is running."""
 
     def __init__(self, bar: Any, label: str, expected_per_sample: float, log: logging.Logger | None = None,
-                 interval: float = 1.0):
+                 interval: float = 1.0, heartbeat_s: float = 5.0):
         self.bar, self.label, self.log, self.interval = bar, label, log, interval
+        self.heartbeat_s = heartbeat_s
+        self._stop: threading.Event | None = None
         self.expected = max(float(expected_per_sample), 1.0)
         self.size = 0
         self.base = float(bar.n)
@@ -82,6 +85,22 @@ class PassProgress:
         self.size, self.passes, self.member = size, 0, ""
         self.base = float(self.bar.n)
         self.first = first
+        self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
+        """One pass can itself take tens of seconds (a ResNet-18 backward of 100 rows on a
+        busy CPU core): a daemon thread redraws the bar (elapsed time, ETA) whenever the
+        hooks have been silent for ``HEARTBEAT`` seconds, so the bar never looks stuck."""
+        if self.heartbeat_s <= 0 or getattr(self.bar, "disable", False):
+            return
+        self._stop = threading.Event()
+
+        def beat(stop: threading.Event = self._stop) -> None:
+            while not stop.wait(self.heartbeat_s):
+                if time.monotonic() - self.last >= self.heartbeat_s:
+                    self.bar.refresh()
+
+        threading.Thread(target=beat, name="marginbench-progress", daemon=True).start()
 
     def __call__(self, member: str, forward_rows: int, backward_rows: int) -> None:
         self.passes += forward_rows + backward_rows
@@ -103,6 +122,9 @@ class PassProgress:
 
     def finish_batch(self) -> None:
         """Snap the bar to the batch's end and learn the cost per sample for the next one."""
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
         if self.size:
             self.expected = max(self.passes / self.size, 1.0)
         self.bar.update(self.base + self.size - self.bar.n)

@@ -3,6 +3,8 @@ Fashion-MNIST pairs."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -111,7 +113,7 @@ class FakeBar:
 
 def test_pass_progress_moves_within_a_batch_and_learns():
     bar = FakeBar()
-    prog = PassProgress(bar, "margins", expected_per_sample=10, interval=0.0)
+    prog = PassProgress(bar, "margins", expected_per_sample=10, interval=0.0, heartbeat_s=0)
     prog.start_batch(0, 4)
     for _ in range(20):  # half the expected 40 passes
         prog("fab", 1, 0)
@@ -122,6 +124,15 @@ def test_pass_progress_moves_within_a_batch_and_learns():
     prog.finish_batch()
     assert bar.n == 4.0 and prog.expected == 30.0  # 120 passes / 4 samples
     assert in_batch_share(0.5) == 0.5 and in_batch_share(2.0) < 1.0
+
+
+def test_heartbeat_redraws_while_a_pass_is_running():
+    bar = FakeBar()
+    prog = PassProgress(bar, "margins", expected_per_sample=10, heartbeat_s=0.05)
+    prog.start_batch(0, 4)
+    time.sleep(0.3)  # no pass reported: only the heartbeat can redraw
+    prog.finish_batch()
+    assert len(bar.shown) >= 2
 
 
 def test_fashion_pairs_labels():
