@@ -52,3 +52,6 @@ lint: install  ## ruff
 
 clean-cache:  ## delete cached artifacts (.cache/marginbench)
 	rm -rf .cache/marginbench
+
+bench-gpu: install  ## margin estimators on WRN-28-10 x 512 CIFAR-shaped inputs: samples/s, peak memory, 10k-row projection
+	$(BIN)/python scripts/bench_gpu.py $(BENCH_GPU_ARGS)

@@ -35,13 +35,22 @@ from marginbench.network import host_reachable
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagenet", "npz")
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagenet", "npz",
+            "fashion_mnist_pairs", "fashion_mnist_pairs_left")
 INPUT_SHAPES = {
     "cifar10": (3, 32, 32),
     "cifar100": (3, 32, 32),
     "fashion_mnist": (1, 28, 28),
     "imagenet": (3, 224, 224),
+    "fashion_mnist_pairs": (1, 28, 56),
+    "fashion_mnist_pairs_left": (1, 28, 56),
 }
+# Fashion-MNIST pairs: a real 100-class task built from local data (CIFAR-100 cannot be
+# downloaded offline). Image i of a split is item i (left) beside item PERM[i] (right), 28x56,
+# PERM a fixed seeded permutation per split; class 10*left + right. The "_left" variant has
+# the same inputs with the left item's class (10 classes): the same architecture at K=10, to
+# compare estimator costs across K.
+PAIR_SEEDS = {"test": 15, "train": 16}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -129,6 +138,21 @@ def _make(
     y = torch.from_numpy(np.asarray(labels)[pos].astype(np.int64))
     idx = (source_index[pos] if source_index is not None else pos).astype(np.int64)
     return EvalSet(images=x, labels=y, indices=idx, dataset=dataset, split=split)
+
+
+def fashion_pairs(images: np.ndarray, labels: np.ndarray, split: str, left_only: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST split (uint8 NHWC, labels) -> pairs (uint8 N x 28 x 56 x 1, labels)."""
+    right = np.random.default_rng(PAIR_SEEDS[split]).permutation(len(labels))
+    pairs = np.concatenate([images, images[right]], axis=2)  # side by side along the width
+    pair_labels = labels if left_only else 10 * labels + labels[right]
+    return pairs, pair_labels.astype(np.int64)
+
+
+def _fashion_pair_arrays(name: str, data_dir: Path, train: bool, download: bool
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = _fashion_arrays(data_dir, train=train, download=download)
+    return fashion_pairs(images, labels, "train" if train else "test", left_only=name.endswith("_left"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,6 +478,10 @@ def load_eval_set(
         images, labels = _fashion_arrays(data_dir, train=False, download=download)
         pos = _select(len(labels), n_samples, indices, "the Fashion-MNIST test set")
         return _make(images, labels, pos, name, "test")
+    if name.startswith("fashion_mnist_pairs"):
+        images, labels = _fashion_pair_arrays(name, data_dir, train=False, download=download)
+        pos = _select(len(labels), n_samples, indices, f"the {name} test set")
+        return _make(images, labels, pos, name, "test")
     if name == "imagenet":
         return _load_imagenet(cfg, n_samples, indices)
     u8, fl, labels = _load_npz(cfg)
@@ -473,6 +501,9 @@ def load_heldout_train(cfg: DatasetConfig, data_dir: Path | str, n: int, seed: i
         u8, fl = images, None
     elif name == "fashion_mnist":
         u8, labels = _fashion_arrays(data_dir, train=True, download=download)
+        fl = None
+    elif name.startswith("fashion_mnist_pairs"):
+        u8, labels = _fashion_pair_arrays(name, data_dir, train=True, download=download)
         fl = None
     elif name == "imagenet":
         raise MarginbenchError(

@@ -163,6 +163,9 @@ def check_predictions(model: nn.Module, x: Tensor, y_pred: Tensor) -> None:
 class Estimator:
     """One attack + (optional) refinement + verification, with cost accounting."""
 
+    # optional on_pass(name, forward_rows, backward_rows) per model pass (progress bars)
+    on_pass: Callable[[str, int, int], None] | None = None
+
     def __init__(self, spec: AttackSpec, norm: str, fn: AttackFn, label: str | None = None):
         self.spec = spec
         self.norm = norm
@@ -210,7 +213,8 @@ class Estimator:
         # (measured on the pyautoattack ResNet-18); attacks get the standard layout.
         x = x.detach().contiguous()
         y_pred = y_pred.detach().long()
-        counting = CountingModel(model, n)
+        hook = self.on_pass
+        counting = CountingModel(model, n, on_pass=None if hook is None else lambda f, b: hook(self.name, f, b))
         with frozen_parameters(model):
             _sync(x.device)
             start = time.perf_counter()

@@ -30,10 +30,15 @@ from torch import Tensor, nn
 class CountingModel(nn.Module):
     """Wrap ``model``; forward is unchanged, calls are counted per sample of a batch of ``n``."""
 
-    def __init__(self, model: nn.Module, n: int):
+    def __init__(self, model: nn.Module, n: int, on_pass=None):
         super().__init__()
         self.model = model
         self.n = n
+        # optional on_pass(forward_rows, backward_rows) after each pass: progress reporting only
+        self.on_pass = on_pass
+        # backward passes one gradient call makes: m for a batched VJP (is_grads_batched), whose
+        # output hook fires once for all m cotangents (set by fab.batched_input_grads)
+        self.vjp_batch = 1
         self.forward_counts = torch.zeros(n, dtype=torch.int64)
         self.backward_counts = torch.zeros(n, dtype=torch.int64)
         self._active = torch.arange(n)
@@ -67,11 +72,16 @@ class CountingModel(nn.Module):
         rows = int(x.shape[0])
         active = self._active
         self._attribute(self.forward_counts, active, rows)
+        on_pass = self.on_pass
+        if on_pass is not None:
+            on_pass(rows, 0)
         if out.requires_grad:
             counts = self.backward_counts
 
             def _hook(grad: Tensor) -> None:
-                self._attribute(counts, active, rows)
+                self._attribute(counts, active, rows * self.vjp_batch)
+                if on_pass is not None:
+                    on_pass(0, rows * self.vjp_batch)
 
             out.register_hook(_hook)
         return out

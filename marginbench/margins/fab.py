@@ -18,6 +18,9 @@ exactly what a direct ``FABAttack_PT(...).perturb`` call returns.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from pyautoattack.fab_pt import FABAttack_PT
 from torch import Tensor
@@ -31,6 +34,49 @@ UNBOUNDED = float("inf")
 RANDOM_START_EPS = {"Linf": 8 / 255, "L2": 0.5}
 
 
+@contextlib.contextmanager
+def _vjp_batch(model, m: int) -> Iterator[None]:
+    """Tell the cost counter that the next gradient call is m backward passes in one."""
+    if not isinstance(model, CountingModel):
+        yield
+        return
+    previous, model.vjp_batch = model.vjp_batch, m
+    try:
+        yield
+    finally:
+        model.vjp_batch = previous
+
+
+def batched_input_grads(model, y: Tensor, im: Tensor, cotangents: Tensor) -> Tensor:
+    """``(m, B, ...)`` input gradients of ``<cotangents[i], y>`` for each i, in one batched
+    vector-Jacobian call (autograd vmaps the backward graph) instead of m ``backward``s:
+    one pass through Python and the graph, m-times larger kernels."""
+    with _vjp_batch(model, int(cotangents.shape[0])):
+        (g,) = torch.autograd.grad(y, im, grad_outputs=cotangents, is_grads_batched=True)
+    return g
+
+
+class BatchedFABAttack(FABAttack_PT):
+    """pyautoattack FAB whose full K-class Jacobian is one batched VJP instead of K
+    ``backward(retain_graph=True)`` calls; the rest of ``get_diff_logits_grads_batch`` is the
+    library's, line by line. Same gradients up to floating-point summation order."""
+
+    def get_diff_logits_grads_batch(self, imgs, la):
+        im = imgs.clone().requires_grad_()
+        with torch.enable_grad():
+            y = self.predict(im)
+            k = y.shape[-1]
+            eye = torch.eye(k, device=y.device, dtype=y.dtype).unsqueeze(1).expand(k, *y.shape)
+            g2 = batched_input_grads(self.predict, y, im, eye)  # (K, B, ...)
+        g2 = torch.transpose(g2, 0, 1).detach()
+        y2 = y.detach()
+        u = torch.arange(imgs.shape[0])
+        df = y2 - y2[u, la].unsqueeze(1)
+        dg = g2 - g2[u, la].unsqueeze(1)
+        df[u, la] = 1e10
+        return df, dg
+
+
 class TopKFABAttack(FABAttack_PT):
     """FAB whose linearisation only looks at the ``candidates`` classes with the highest
     current logits (besides the attacked one) instead of all K.
@@ -41,9 +87,10 @@ class TopKFABAttack(FABAttack_PT):
     passes per step instead of K. Each column is the gradient of ``f_j - f_y`` directly.
     """
 
-    def __init__(self, *args, candidates: int = 3, **kwargs):
+    def __init__(self, *args, candidates: int = 3, batched: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.candidates = int(candidates)
+        self.batched = bool(batched)  # m gradients in one batched VJP instead of a loop
 
     def get_diff_logits_grads_batch(self, imgs, la):
         im = imgs.clone().requires_grad_()
@@ -54,6 +101,8 @@ class TopKFABAttack(FABAttack_PT):
         others = y.detach().clone()
         others[u, la] = -float("inf")
         cand = others.topk(m, dim=1).indices  # (B, m)
+        if self.batched:
+            return self._batched_columns(im, y, la, cand)
         df = torch.empty(imgs.shape[0], m, device=imgs.device)
         dg = torch.empty(imgs.shape[0], m, *imgs.shape[1:], device=imgs.device)
         for k in range(m):
@@ -63,6 +112,20 @@ class TopKFABAttack(FABAttack_PT):
             df[:, k] = diff.detach()
             dg[:, k] = g
         return df, dg
+
+    def _batched_columns(self, im, y, la, cand):
+        """Column k: gradient of f_{cand_k} - f_y, all m columns from one batched VJP (the
+        cotangent e_{cand_k} - e_y is what autograd feeds back for that difference)."""
+        b, m = cand.shape
+        u = torch.arange(b, device=y.device)
+        cot = torch.zeros(m, *y.shape, device=y.device, dtype=y.dtype)
+        cot[:, u, la] = -1.0
+        cot.scatter_(2, cand.t().unsqueeze(2), 1.0)
+        with torch.enable_grad():
+            g = batched_input_grads(self.predict, y, im, cot)  # (m, B, ...)
+        yd = y.detach()
+        df = yd.gather(1, cand) - yd[u, la].unsqueeze(1)
+        return df, g.transpose(0, 1).detach()
 
 
 def make_fab(model, norm: str, spec: AttackSpec, device, targeted: bool = False, cls=FABAttack_PT,
@@ -83,9 +146,21 @@ def make_fab(model, norm: str, spec: AttackSpec, device, targeted: bool = False,
     )
 
 
+def _pop_jacobian(spec: AttackSpec) -> tuple[AttackSpec, bool]:
+    """options.jacobian: ``loop`` (pyautoattack's K backward calls, default) or ``batched``
+    (one batched VJP); not a library option, so it is taken out before make_fab."""
+    opts = dict(spec.options)
+    mode = str(opts.pop("jacobian", "loop"))
+    if mode not in ("loop", "batched"):
+        raise ValueError(f"attack.options.jacobian must be loop or batched, got {mode!r}")
+    return AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts), mode == "batched"
+
+
 def fab_untargeted(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec,
                    fab: FABAttack_PT | None = None, accept_eps: float | None = None) -> Tensor:
-    fab = fab or make_fab(model, norm, spec, x.device)
+    if fab is None:
+        spec, batched = _pop_jacobian(spec)
+        fab = make_fab(model, norm, spec, x.device, cls=BatchedFABAttack if batched else FABAttack_PT)
     accept_eps = fab.eps if accept_eps is None else accept_eps
     adv = x.clone()
     with isolated_rng(x.device), torch.no_grad():
@@ -145,10 +220,11 @@ def fab_targeted(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: At
 
 def fab_topk(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec) -> Tensor:
     """Untargeted FAB over the top-``candidates`` runner-up classes (options.candidates, 3)."""
+    spec, batched = _pop_jacobian(spec)
     opts = dict(spec.options)
     candidates = int(opts.pop("candidates", 3))
     spec = AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts)
-    fab = make_fab(model, norm, spec, x.device, cls=TopKFABAttack, candidates=candidates)
+    fab = make_fab(model, norm, spec, x.device, cls=TopKFABAttack, candidates=candidates, batched=batched)
     if spec.restarts > 1 and fab.eps == UNBOUNDED:
         fab.eps = RANDOM_START_EPS[norm]  # radius of the random restarts
     return fab_untargeted(model, x, y, norm, spec, fab=fab, accept_eps=UNBOUNDED)

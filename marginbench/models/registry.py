@@ -41,7 +41,8 @@ from marginbench.models.sources import local_files, robustbench_model_dicts
 
 SOURCES = ("robustbench", "builtin", "zoo", "local")
 # Classes per dataset: the package's one table (training, local checkpoints, RobustBench rows).
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "fashion_mnist": 10,
+               "fashion_mnist_pairs": 100, "fashion_mnist_pairs_left": 10}
 CSV_NAME = "robustbench_models.csv"
 
 
@@ -103,6 +104,9 @@ def _builtin_entries() -> list[ModelEntry]:
                 f"fm_{method}", "zoo", "fashion_mnist", "Linf", None, "small_cnn", None, None, 10
             )
         )
+    # Fashion-MNIST pairs (scripts/train_pairs.py): one PairCNN at K=100 and at K=10
+    entries.append(ModelEntry("fm_pairs100", "zoo", "fashion_mnist_pairs", "Linf", None, "pair_cnn", None, None, 100))
+    entries.append(ModelEntry("fm_pairs10", "zoo", "fashion_mnist_pairs_left", "Linf", None, "pair_cnn", None, None, 10))
     # The paper's own ResNet-18 models (PGD-AT, TRADES, MART, ALP, CLP), trained locally.
     for code in ("MD0", "TR0", "MR0", "AL0", "CL0"):
         entries.append(

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from marginbench.cache import Artifact, ArtifactStore, artifact_key, atomic_save_npz
 from marginbench.errors import MarginbenchError
 from marginbench.models.handle import LazyModel
-from marginbench.progress import progress_bar
+from marginbench.progress import PassProgress, attach, estimator_budget, progress_bar
 from marginbench.stages import Execution
 from marginbench.versions import MARGINS_VERSION
 
@@ -172,12 +172,20 @@ def _attack_and_store(
     estimator = build_estimator(params.attack, params.norm)
     net = model.get()
     with progress_bar(total=int(todo.size), desc=label, enabled=run.progress) as bar:
+        tracker = None
         for batch in contiguous_batches(todo, run.batch_size):
+            x = images[batch].to(run.device)
+            if tracker is None:  # the first batch's cost is guessed from the budget and K
+                with torch.no_grad():
+                    n_classes = int(net(x[:1]).shape[1])
+                tracker = PassProgress(bar, label, estimator_budget(estimator, n_classes), log)
+                attach(estimator, tracker)
+            tracker.start_batch(int(batch[0]), len(batch))
             # A seed per batch start: a batch redone after a crash gets the same random draws.
             torch.manual_seed(params.seed * 1_000_003 + int(batch[0]))
-            arrays = _attack_batch(estimator, net, images[batch].to(run.device), batch)
+            arrays = _attack_batch(estimator, net, x, batch)
             store.save_part("margins", key, int(batch[0]), int(batch[-1]) + 1, arrays)
-            bar.update(len(batch))
+            tracker.finish_batch()
 
 
 def _attack_batch(estimator: Any, net: torch.nn.Module, x: torch.Tensor, batch: np.ndarray) -> dict[str, np.ndarray]:

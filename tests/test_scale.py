@@ -1,0 +1,149 @@
+"""Issue 15 "Margins at scale": progress within a batch, batched Jacobians, top-k FAB,
+Fashion-MNIST pairs."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from pyautoattack.fab_pt import FABAttack_PT
+from torch import nn
+
+from marginbench.data import fashion_pairs
+from marginbench.margins import build_estimator
+from marginbench.margins.counting import CountingModel
+from marginbench.margins.fab import BatchedFABAttack, TopKFABAttack
+from marginbench.progress import PassProgress, in_batch_share
+
+K = 6
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, K)
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    model = tiny_cnn()
+    x = torch.rand(7, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_batched_jacobian_equals_loop(batch):
+    model, x, y = batch
+    counted = CountingModel(model, len(x))
+    df1, dg1 = FABAttack_PT(counted, norm="Linf", device="cpu").get_diff_logits_grads_batch(x, y)
+    loop_counts = counted.backward_counts.clone()
+    counted.reset()
+    df2, dg2 = BatchedFABAttack(counted, norm="Linf", device="cpu").get_diff_logits_grads_batch(x, y)
+    torch.testing.assert_close(df2, df1, rtol=0, atol=0)
+    torch.testing.assert_close(dg2, dg1, rtol=1e-6, atol=1e-7)
+    # one batched VJP is still K backward passes per sample in the cost accounting
+    assert torch.equal(counted.backward_counts, loop_counts) and int(loop_counts[0]) == K
+
+
+def test_topk_batched_columns_equal_loop(batch):
+    model, x, y = batch
+    loop = TopKFABAttack(model, norm="Linf", device="cpu", candidates=3)
+    fast = TopKFABAttack(model, norm="Linf", device="cpu", candidates=3, batched=True)
+    (df1, dg1), (df2, dg2) = loop.get_diff_logits_grads_batch(x, y), fast.get_diff_logits_grads_batch(x, y)
+    assert dg2.shape == (len(x), 3, *x.shape[1:])
+    torch.testing.assert_close(df2, df1)
+    torch.testing.assert_close(dg2, dg1, rtol=1e-6, atol=1e-7)
+
+
+def attack(name: str, **options):
+    return {"name": name, "steps": 15, "restarts": 1, "refine": False, "options": options}
+
+
+def test_fab_batched_margins_equal_library(batch):
+    model, x, y = batch
+    loop = build_estimator(attack("fab"), "Linf")(model, x, y)
+    fast = build_estimator(attack("fab", jacobian="batched"), "Linf")(model, x, y)
+    np.testing.assert_allclose(fast.margin, loop.margin, rtol=1e-5)
+    np.testing.assert_array_equal(fast.n_backward, loop.n_backward)
+
+
+def test_topk_with_all_runner_ups_is_full_fab(batch):
+    """m = K-1 candidates linearise every class FAB does: same margins (up to rounding:
+    the columns are grad(f_j - f_y) instead of grad f_j - grad f_y)."""
+    model, x, y = batch
+    full = build_estimator(attack("fab"), "Linf")(model, x, y)
+    topk = build_estimator(attack("fab_topk", candidates=K - 1), "Linf")(model, x, y)
+    assert full.success.all() and topk.success.all()
+    np.testing.assert_allclose(topk.margin, full.margin, rtol=1e-4)
+    assert (topk.n_backward < full.n_backward).all()  # K-1 instead of K gradients per step
+
+
+def test_progress_hook_fires_and_leaves_margins_alone(batch):
+    model, x, y = batch
+    plain = build_estimator(attack("fab", refine_steps=3), "Linf")(model, x, y)
+    est = build_estimator(attack("fab", refine_steps=3), "Linf")
+    calls = []
+    est.on_pass = lambda name, f, b: calls.append((name, f, b))
+    hooked = est(model, x, y)
+    np.testing.assert_array_equal(hooked.margin, plain.margin)
+    assert torch.equal(hooked.x_adv, plain.x_adv)
+    assert {c[0] for c in calls} == {"fab"}
+    # the hook sees exactly the passes the counters record
+    assert sum(c[1] for c in calls) == hooked.n_forward.sum()
+    assert sum(c[2] for c in calls) == hooked.n_backward.sum()
+
+
+class FakeBar:
+    def __init__(self):
+        self.n, self.shown = 0.0, []
+
+    def update(self, d):
+        self.n += d
+
+    def refresh(self):
+        self.shown.append(self.n)
+
+    def set_postfix_str(self, *a, **k):
+        pass
+
+
+def test_pass_progress_moves_within_a_batch_and_learns():
+    bar = FakeBar()
+    prog = PassProgress(bar, "margins", expected_per_sample=10, interval=0.0, heartbeat_s=0)
+    prog.start_batch(0, 4)
+    for _ in range(20):  # half the expected 40 passes
+        prog("fab", 1, 0)
+    assert bar.n == pytest.approx(2.0)
+    for _ in range(100):  # far beyond the estimate: creeps, never completes the batch
+        prog("fab", 1, 0)
+    assert 3.6 < bar.n < 4.0
+    prog.finish_batch()
+    assert bar.n == 4.0 and prog.expected == 30.0  # 120 passes / 4 samples
+    assert in_batch_share(0.5) == 0.5 and in_batch_share(2.0) < 1.0
+
+
+def test_heartbeat_redraws_while_a_pass_is_running():
+    bar = FakeBar()
+    prog = PassProgress(bar, "margins", expected_per_sample=10, heartbeat_s=0.05)
+    prog.start_batch(0, 4)
+    time.sleep(0.3)  # no pass reported: only the heartbeat can redraw
+    prog.finish_batch()
+    assert len(bar.shown) >= 2
+
+
+def test_fashion_pairs_labels():
+    images = np.arange(10 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 1)
+    labels = np.arange(10) % 10
+    pairs, pair_labels = fashion_pairs(images, labels, "test")
+    assert pairs.shape == (10, 2, 4, 1)
+    right = [int(np.flatnonzero((images == pairs[i, :, 2:]).all(axis=(1, 2, 3)))[0]) for i in range(10)]
+    np.testing.assert_array_equal(pairs[:, :, :2], images)
+    np.testing.assert_array_equal(pair_labels, 10 * labels + labels[right])
+    _, left = fashion_pairs(images, labels, "test", left_only=True)
+    np.testing.assert_array_equal(left, labels)
+    again, _ = fashion_pairs(images, labels, "test")
+    assert np.array_equal(again, pairs)  # deterministic pairing
