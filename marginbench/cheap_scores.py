@@ -23,6 +23,10 @@ SCORE_COSTS: dict[str, dict[str, Any]] = {
     "max_softmax": {"extra_forward": 0, "extra_backward": 0, "needs": "logits"},
     "neg_entropy": {"extra_forward": 0, "extra_backward": 0, "needs": "logits"},
     "feature_margin": {"extra_forward": 0, "extra_backward": 0, "needs": "logits + head weights"},
+    # stages/scores.py: one backward pass per runner-up candidate (3), shared by both scores;
+    # samples.csv score_seconds has the measured wall time per sample
+    "first_order_margin": {"extra_forward": 1, "extra_backward": 3, "needs": "input gradients"},
+    "neg_grad_norm": {"extra_forward": 1, "extra_backward": 3, "needs": "input gradients (shared)"},
     "pseudo_margin": {"extra_forward": 0, "extra_backward": 0,
                       "needs": "a trained pseudo-margin MLP (one small forward) and attacked training data"},
 }
@@ -59,6 +63,8 @@ def leaderboard(samples: pd.DataFrame, eps: float) -> dict[str, dict[str, Any]]:
         m = score_metrics(d_in, score, eps)
         out[name] = {k: m[k] for k in ("kendall_tau", "auroc", "aupr", "fpr_at_95", "skipped")}
         out[name]["cost"] = dict(SCORE_COSTS[name])
+        if SCORE_COSTS[name]["extra_backward"] and "score_seconds" in samples.columns:
+            out[name]["cost"]["seconds_per_sample"] = float(samples["score_seconds"].mean())
     return out
 
 

@@ -39,6 +39,7 @@ from marginbench.stages.metrics import (
 )
 from marginbench.stages.outputs import compute_outputs, outputs_key
 from marginbench.stages.pseudo import PseudoInputs, PseudoParams, compute_pseudo
+from marginbench.stages.scores import ScoreParams, compute_gradient_scores, scores_key
 
 log = logging.getLogger("marginbench")
 
@@ -90,15 +91,15 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
     keys["outputs"] = outputs_key(keys["model"], keys["data"], keys["margins"])
     outputs = compute_outputs(store, keys["outputs"], eval_set.images, margins, model, execution, common_meta).arrays()
 
-    run_data = RunData(eval_set.labels.numpy(), np.asarray(eval_set.indices), margins, outputs)
+    keys["scores"] = scores_key(ScoreParams(settings.norm), keys["model"], keys["data"])
+    scores = compute_gradient_scores(store, keys["scores"], eval_set.images, model, ScoreParams(settings.norm),
+                                     execution, common_meta).arrays()
+    pseudo_margin, pseudo_info = None, None
     if cfg.pseudo.enabled:
-        holdout = data.load_heldout_train(dataset_config(cfg, settings), settings.data_dir,
-                                          int(cfg.pseudo.n_train), int(cfg.pseudo.split_seed))
-        inputs = PseudoInputs(model, keys["model"], holdout, outputs, keys["outputs"], settings.dataset)
-        pseudo = compute_pseudo(store, inputs, margin_params, PseudoParams.from_config(cfg), execution)
-        keys["pseudo"] = pseudo.key
-        run_data = RunData(run_data.labels, run_data.indices, margins, outputs,
-                           pseudo.arrays()["test_prediction"], pseudo.meta.get("pseudo", {}))
+        pseudo = _pseudo_stage(cfg, settings, store, model, keys, outputs, margin_params, execution)
+        pseudo_margin, pseudo_info = pseudo.arrays()["test_prediction"], pseudo.meta.get("pseudo", {})
+    run_data = RunData(eval_set.labels.numpy(), np.asarray(eval_set.indices), margins, outputs,
+                       pseudo_margin, pseudo_info, scores)
 
     metrics_params = MetricsParams(settings.eps, settings.eps_list, settings.norm)
     input_keys = dict(keys)
@@ -108,11 +109,26 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
     summary, samples = read_record(record)
     warn_if_detection_undefined(samples, settings.eps_text)
 
+    run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
-        run_dir = Path(run_dir)
         write_run_dir(run_dir, record, samples, summary, cfg.plots)
     log.info("run finished in %.1f s", time.perf_counter() - started)
     return RunResult(summary, samples, run_dir, keys)
+
+
+def _pseudo_stage(
+    cfg: DictConfig, settings: RunSettings, store: ArtifactStore, model: LazyModel, keys: dict[str, str],
+    outputs: dict[str, np.ndarray], margin_params: MarginParams, execution: Execution,
+) -> Any:
+    """The pseudo-margin artifact; records its key in ``keys``."""
+    from marginbench import data
+
+    holdout = data.load_heldout_train(dataset_config(cfg, settings), settings.data_dir,
+                                      int(cfg.pseudo.n_train), int(cfg.pseudo.split_seed))
+    inputs = PseudoInputs(model, keys["model"], holdout, outputs, keys["outputs"], settings.dataset)
+    pseudo = compute_pseudo(store, inputs, margin_params, PseudoParams.from_config(cfg), execution)
+    keys["pseudo"] = pseudo.key
+    return pseudo
 
 
 def attach_checks(model: LazyModel, eval_set: Any, entry: Any) -> None:

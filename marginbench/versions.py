@@ -8,12 +8,15 @@ margins an older version computed (it says how many and how to refresh them).
 MARGINS_VERSION = 2  # 2: boundary points failing verification by rounding are backed off, not dropped
 OUTPUTS_VERSION = 1
 PSEUDO_VERSION = 1
-RUNS_VERSION = 4  # 2: summary "attack" names the preset; 3: summary records these versions;
+SCORES_VERSION = 1
+RUNS_VERSION = 5  # 2: summary "attack" names the preset; 3: summary records these versions;
 # 4: summary robust_accuracy_interval and scores; samples.csv prob_margin, max_softmax, neg_entropy
+# 5: samples.csv first_order_margin, neg_grad_norm, score_seconds (gradient scores stage)
 
 STAGE_VERSIONS = {
     "margins": MARGINS_VERSION,
     "outputs": OUTPUTS_VERSION,
     "pseudo": PSEUDO_VERSION,
+    "scores": SCORES_VERSION,
     "runs": RUNS_VERSION,
 }

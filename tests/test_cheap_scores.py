@@ -35,3 +35,30 @@ def test_write_leaderboard(tmp_path):
     paths = write_leaderboard({"runA": board}, tmp_path)
     assert all(p.exists() for p in paths)
     assert "| runA | logit_margin | 0.50 | 90.00 | 80.00 | 30.00 | 0 |" in (tmp_path / "scores.md").read_text()
+
+
+@pytest.mark.parametrize("norm, q", [("Linf", 1), ("L2", 2)])
+def test_first_order_margin_of_a_linear_model_is_its_exact_boundary_distance(norm, q):
+    """For f(x) = Wx + b the linearisation is exact: the first-order margin over all runner-up
+    classes is min_j (f_y - f_j) / ||w_y - w_j||_q (q the dual norm), the closed form."""
+    import torch
+
+    from marginbench.stages.scores import ScoreParams, gradient_scores
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4)).double()
+    x = torch.rand(6, 3, 2, 2, dtype=torch.float64)
+    out = gradient_scores(net, x, ScoreParams(norm, candidates=3))  # 3 = every other class
+    w, b = net[1].weight.detach().numpy(), net[1].bias.detach().numpy()
+    logits = x.flatten(1).numpy() @ w.T + b
+    pred = logits.argmax(1)
+    expected, grad_norm = [], []
+    for i, y in enumerate(pred):
+        others = [j for j in range(4) if j != y]
+        dist = [(logits[i, y] - logits[i, j]) / np.linalg.norm(w[y] - w[j], ord=q) for j in others]
+        expected.append(min(dist))
+        runner_up = max(others, key=lambda j: logits[i, j])
+        grad_norm.append(-np.linalg.norm(w[y] - w[runner_up], ord=q))
+    np.testing.assert_allclose(out["first_order_margin"], expected, rtol=1e-9)
+    np.testing.assert_allclose(out["neg_grad_norm"], grad_norm, rtol=1e-9)
+    assert (out["n_backward"] == 3).all() and (out["seconds"] >= 0).all()

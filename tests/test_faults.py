@@ -2,7 +2,7 @@
 it, or gives a silent wrong number.
 
 - kill -9 at seeded random moments, rerun after each kill: the final samples.csv equals an
-  uninterrupted run's in every column but the wall-time column ``attack_seconds``;
+  uninterrupted run's in every column but the wall-time columns (``WALL_TIME_COLUMNS``);
 - SIGTERM: exit 143, one line saying what was kept and how to resume, and the resume is exact;
 - every file of every stage truncated, bit-flipped or deleted: detected, recomputed, identical;
 - two and three concurrent identical runs on one cache: all finish, identical results;
@@ -28,9 +28,10 @@ import pytest
 import marginbench
 from marginbench import cli
 from marginbench.cache import ArtifactStore
+from marginbench.stages.metrics import WALL_TIME_COLUMNS
 
 TESTS = Path(__file__).resolve().parent
-WALL_TIME = ["attack_seconds"]  # the one column two runs of the same config may differ in
+WALL_TIME = list(WALL_TIME_COLUMNS)  # the columns two runs of the same config may differ in
 
 
 @pytest.fixture(autouse=True)

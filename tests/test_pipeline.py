@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 import marginbench
+from marginbench.stages.metrics import WALL_TIME_COLUMNS
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -139,7 +140,7 @@ def test_killed_run_resumes_to_identical_results(npz_data, tmp_path):
     resumed_csv = (tmp_path / "resumed" / "samples.csv").read_text()
     clean_csv = (tmp_path / "clean" / "samples.csv").read_text()
     # the cost columns measure wall time, which differs between any two runs
-    drop = ["attack_seconds"]
+    drop = list(WALL_TIME_COLUMNS)
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "resumed" / "samples.csv").drop(columns=drop),
         pd.read_csv(tmp_path / "clean" / "samples.csv").drop(columns=drop),

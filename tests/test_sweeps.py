@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from marginbench.stages.margins import shard_positions
+from marginbench.stages.metrics import WALL_TIME_COLUMNS
 
 TESTS = Path(__file__).resolve().parent
 
@@ -81,7 +82,7 @@ def test_four_shards_through_submitit_equal_the_unsharded_run(npz_data, tmp_path
     assert len(list((tmp_path / "shards" / ".submitit").glob("*"))) >= 4, "jobs must go through submitit"
     assembled = cli(base(npz_data, sharded_cache) + ["shard.count=4", f"hydra.run.dir={tmp_path / 'assembled'}"], tmp_path, env)
     assert assembled.returncode == 0, assembled.stderr
-    drop = ["attack_seconds"]  # wall time, never identical
+    drop = list(WALL_TIME_COLUMNS)  # wall time, never identical
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "assembled" / "samples.csv").drop(columns=drop),
         pd.read_csv(tmp_path / "whole" / "samples.csv").drop(columns=drop),

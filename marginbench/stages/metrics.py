@@ -21,6 +21,9 @@ from marginbench.versions import RUNS_VERSION, STAGE_VERSIONS
 
 log = logging.getLogger("marginbench")
 
+# samples.csv columns that hold wall time: the only ones two runs of one config may differ in
+WALL_TIME_COLUMNS = ("attack_seconds", "score_seconds")
+
 
 @dataclass(frozen=True)
 class MetricsParams:
@@ -42,6 +45,7 @@ class RunData:
     outputs: dict[str, np.ndarray]
     pseudo_margin: np.ndarray | None = None
     pseudo_info: dict[str, Any] | None = None
+    gradient_scores: dict[str, np.ndarray] | None = None  # stages/scores.py arrays
 
 
 def runs_key(params: MetricsParams, input_keys: dict[str, str]) -> str:
@@ -106,6 +110,10 @@ def build_samples_table(data: RunData, params: MetricsParams) -> pd.DataFrame:
 
     for name, values in softmax_scores(outputs["logits"]).items():
         table[name] = values
+    if data.gradient_scores is not None:
+        for name in ("first_order_margin", "neg_grad_norm"):
+            table[name] = data.gradient_scores[name].astype(np.float64)
+        table["score_seconds"] = data.gradient_scores["seconds"].astype(np.float64)
     if data.pseudo_margin is not None:
         table["pseudo_margin"] = data.pseudo_margin.astype(np.float64)
     return table
