@@ -124,9 +124,11 @@ def check_tiny_run(result: pipeline.RunResult, run_dir: Path, model: str, n: int
     assert len(samples) == summary["n_samples"] == n
     assert samples["index"].tolist() == list(range(n))
     assert summary["model"] == model and summary == result.summary
-    # tau is nan only where metrics.kendall_tau says so: one side constant (e.g. every
-    # attack failed: all input margins +inf)
-    if not np.isfinite(summary["kendall_tau"]):
+    # tau is nan (null in summary.json) only where metrics.kendall_tau says so: one side
+    # constant, e.g. every attack failed (all input margins +inf: 3 FAB steps break neither
+    # sample of the random-weight HE0/HE1 in the slow test)
+    tau = summary["kendall_tau"]
+    if tau is None or not np.isfinite(tau):
         assert samples["input_margin"].nunique() == 1 or samples["logit_margin"].nunique() == 1, samples
 
 
@@ -141,8 +143,10 @@ def test_experiment_runs_end_to_end_in_debug_tiny(name, tmp_path, offline, cifar
         assert "pseudo_margin" in result.samples.columns
 
 
-# Paper models that do not run through the pipeline, with the reason (found by the slow test
-# below on random-weight checkpoints; see its docstring for what that does not cover).
+# Paper models that do not run through the pipeline: code -> reason, each marked xfail(strict)
+# below. Empty: all 40 models of the three sweeps ran (2 CPU cores, 14.7 min in all). With
+# random weights, FAB broke neither sample of HE0 and HE1 (tau null: a recorded outcome, not
+# a failure). See the test's docstring for what random-weight checkpoints cannot check.
 KNOWN_FAILURES: dict[str, str] = {}
 
 
