@@ -7,8 +7,13 @@ BIN := $(VENV)/bin
 # cache on our CI machines. Override with `make install TORCH_SPEC="torch torchvision"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TEST_ARGS ?=
+# Fashion-MNIST (demo zoo, tests, bench): looked for where marginbench/data.py looks, see
+# scripts/ensure_fashion_mnist.sh. The last two are for testing that script.
+DATA_DIR ?= $(or $(MARGINBENCH_DATA_DIR),data)
+FASHION_MNIST_DEBIAN ?= /usr/share/datasets/fashion-mnist
+APT_GET ?= apt-get
 
-.PHONY: help install test test-all demo tables bench zoo lint clean-cache
+.PHONY: help install data test test-all demo tables bench zoo lint clean-cache
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,13 +29,20 @@ $(BIN)/marginbench: pyproject.toml
 
 install: $(BIN)/marginbench  ## create .venv with marginbench and everything it needs
 
-test: install  ## run the default test suite (< 10 min on 2 CPU cores)
-	$(BIN)/pytest -q $(TEST_ARGS)
+data:  ## Fashion-MNIST: install Debian's dataset-fashion-mnist if it is nowhere (root or sudo -n)
+	@DATA_DIR="$(DATA_DIR)" FASHION_MNIST_DEBIAN="$(FASHION_MNIST_DEBIAN)" APT_GET="$(APT_GET)" bash scripts/ensure_fashion_mnist.sh
 
-test-all: install  ## run every test, the slow ones too
-	$(BIN)/pytest -q -m "slow or not slow" $(TEST_ARGS)
+# pytest exits 5 when it collected no tests: a failure of the suite, said in words here
+# (make exits 2 on any failing recipe, so whoever calls make never sees the 5)
+NO_TESTS = { status=$$?; [ $$status != 5 ] || echo "pytest collected no tests: the suite failed" >&2; exit $$status; }
 
-demo: install  ## the whole method on the demo zoo (Fashion-MNIST, CPU, minutes): results/demo/
+test: data install  ## run the default test suite (< 10 min on 2 CPU cores)
+	$(BIN)/pytest -q $(TEST_ARGS) || $(NO_TESTS)
+
+test-all: data install  ## run every test, the slow ones too (CI: .ci/run)
+	$(BIN)/pytest -q -m "slow or not slow" $(TEST_ARGS) || $(NO_TESTS)
+
+demo: data install  ## the whole method on the demo zoo (Fashion-MNIST, CPU, minutes): results/demo/
 	$(BIN)/python scripts/demo.py
 
 tables: install  ## rebuild Tables 1-4 and Figures 3-11 from cached runs (no model, no GPU)
@@ -40,11 +52,11 @@ tables: install  ## rebuild Tables 1-4 and Figures 3-11 from cached runs (no mod
 # estimators a killed run already finished. On 2 CPU cores the ResNet-18 run takes > 1 h.
 BENCH_ESTIMATORS ?= fab fab_polish fab_topk fab_targeted fmn apgd_bisect
 BENCH_ARGS ?=
-bench: install  ## margin estimators side by side (tightness, cost): results/bench/
+bench: data install  ## margin estimators side by side (tightness, cost): results/bench/
 	$(BIN)/python scripts/bench_margins.py --model aa_resnet18 --data ../shared/data/cifar10_test_first100.npz --n 100 --estimators $(BENCH_ESTIMATORS) $(BENCH_ARGS)
 	$(BIN)/python scripts/bench_margins.py --model fm_madry --data fashion_mnist --n 200 --estimators $(BENCH_ESTIMATORS) $(BENCH_ARGS)
 
-zoo: install  ## retrain the Fashion-MNIST demo zoo (six models, CPU)
+zoo: data install  ## retrain the Fashion-MNIST demo zoo (six models, CPU)
 	$(BIN)/python scripts/train_zoo.py
 
 lint: install  ## ruff

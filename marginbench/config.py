@@ -97,6 +97,7 @@ class MarginbenchConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     experiment: Optional[str] = None  # name of the experiment preset, for the record
+    debug: Optional[str] = None  # configs/debug preset (debug=tiny), for the record
     eps: str = "auto"  # "8/255", "0.0313", or auto (8/255 Linf, 0.5 L2, 0.1 Fashion-MNIST)
     eps_list: list[str] = field(default_factory=lambda: ["2/255", "4/255", "8/255", "12/255", "16/255", "32/255"])
     n_samples: Optional[int] = 1000  # first n test samples; null = the whole test set

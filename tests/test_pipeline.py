@@ -48,20 +48,20 @@ def npz_data(tmp_path) -> Path:
 
 
 def tiny_overrides(npz: Path, cache: Path, *extra: str) -> list[str]:
+    # debug=tiny (CPU, no plots or progress bars, 1 restart, a one-step polish), then what
+    # these tests need: every one of the 48 samples, in batches of 8, FAB with 20 steps
     return [
         "model=custom",
         "model.factory=tiny_models:tiny_cnn",
         "dataset=npz",
         f"dataset.path={npz}",
+        "debug=tiny",
         "attack=fab",
         "attack.steps=20",
         "eps=0.05",
         "n_samples=null",
         f"paths.cache_dir={cache}",
         "batch_size=8",
-        "device=cpu",
-        "progress=false",
-        "plots=false",
         *extra,
     ]
 

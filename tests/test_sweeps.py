@@ -32,10 +32,11 @@ def npz_data(tmp_path) -> Path:
 
 
 def base(npz: Path, cache: Path) -> list[str]:
+    # debug=tiny, then all 40 samples in 5 batches of 8 (the shard tests need whole batches)
     return [
         "model=custom", "model.factory=tiny_models:tiny_cnn", "dataset=npz", f"dataset.path={npz}",
-        "attack=fab", "attack.steps=20", "eps=0.05", "n_samples=null", f"paths.cache_dir={cache}",
-        "batch_size=8", "device=cpu", "progress=false", "plots=false",
+        "debug=tiny", "attack=fab", "attack.steps=20", "eps=0.05", "n_samples=null", f"paths.cache_dir={cache}",
+        "batch_size=8",
     ]
 
 
