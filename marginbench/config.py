@@ -60,6 +60,9 @@ class AttackConfig:
     refine: bool = False
     # estimator-specific hyper-parameters, passed through to the library call
     options: dict[str, Any] = field(default_factory=dict)
+    # attack families (configs/attack presets) tried in order on the samples left
+    # unbroken (margins/escalate.py); [] = none, and then not part of the margin key
+    escalate: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -288,7 +291,7 @@ def attack_label(attack: Any) -> str:
         preset = attack_preset(name)
         if all(preset.get(k) == values.get(k) for k in ("name", "members", "steps", "restarts", "refine")) and (
             (preset.get("options") or {}) == (values.get("options") or {})
-        ):
+        ) and (preset.get("escalate") or []) == (values.get("escalate") or []):
             return name
     return f"{values.get('name')} (modified)"
 

@@ -8,6 +8,9 @@ callable ``(model, x, y_pred) -> MarginBatch``. Single estimators (``ESTIMATORS`
 - ``fmn``          adv-lib Fast Minimum-Norm (restarts > 1: warm restarts from the best point)
 - ``apgd_bisect``  adv-lib APGD with a per-sample eps search
 - ``ddn``, ``alma`` adv-lib minimum-L2 attacks (L2 only)
+- ``square``       pyautoattack Square (gradient-free) with a per-sample eps search
+
+``escalate: [family, ...]`` (presets) re-attacks the samples left unbroken (escalate.py).
 
 ``name: ensemble`` with ``members`` runs members and keeps the per-sample minimum. Every
 result is verified (verify.py); failures are margin +inf with success False.
@@ -20,7 +23,7 @@ from typing import Any
 
 from marginbench.config import attack_preset, group_options
 from marginbench.errors import MarginbenchError
-from marginbench.margins import advlib, fab
+from marginbench.margins import advlib, escalate, fab, square
 from marginbench.margins.base import AttackSpec, Estimator, MarginBatch, MarginEstimator
 from marginbench.margins.ensemble import Ensemble
 from marginbench.margins.verify import NORMS, lp_norm, verify
@@ -33,6 +36,7 @@ ESTIMATORS = {
     "apgd_bisect": advlib.apgd_bisect,
     "ddn": advlib.ddn,
     "alma": advlib.alma,
+    "square": square.square_bisect,
 }
 
 MEMBER_KEYS = ("steps", "restarts", "refine", "options")
@@ -86,7 +90,13 @@ def member_defaults(base_name: str) -> AttackSpec:
 
 
 def build_estimator(cfg: Any, norm: str) -> MarginEstimator:
-    """AttackConfig (dataclass, DictConfig or mapping) + norm (Linf | L2) -> estimator."""
+    """AttackConfig (dataclass, DictConfig or mapping) + norm (Linf | L2) -> estimator,
+    wrapped in escalate.Escalation when ``escalate`` lists families."""
+    base = _build_base(cfg, norm)
+    return escalate.wrap(base, list(_get(cfg, "escalate", []) or []), norm, _single)
+
+
+def _build_base(cfg: Any, norm: str) -> MarginEstimator:
     if norm not in NORMS:
         raise MarginbenchError(f"norm={norm!r} is not supported; use one of {', '.join(NORMS)}")
     name = str(_get(cfg, "name", "fab"))

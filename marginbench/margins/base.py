@@ -39,6 +39,13 @@ class MarginBatch:
     n_forward: np.ndarray  # int64 (B,)
     n_backward: np.ndarray  # int64 (B,)
     seconds: np.ndarray  # float64 (B,) batch wall time / B, summed over members
+    # str (B,) escalation families tried on a sample, comma-separated ("" = never escalated;
+    # escalate.py). None at construction means "" for every sample.
+    escalated: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.escalated is None:
+            self.escalated = np.full(self.margin.shape[0], "", dtype=str)
 
     def __len__(self) -> int:
         return int(self.margin.shape[0])
@@ -56,6 +63,7 @@ class MarginBatch:
             n_forward=np.concatenate([b.n_forward for b in batches]),
             n_backward=np.concatenate([b.n_backward for b in batches]),
             seconds=np.concatenate([b.seconds for b in batches]),
+            escalated=np.concatenate([b.escalated.astype(object) for b in batches]).astype(str),
         )
 
 

@@ -44,7 +44,10 @@ class MarginParams:
         return cls(OmegaConf.to_container(cfg.attack, resolve=True), norm, int(cfg.seed))
 
     def key_params(self) -> dict[str, Any]:
-        return {**self.attack, "norm": self.norm, "seed": self.seed}
+        attack = dict(self.attack)
+        if not attack.get("escalate"):  # no escalation: the keys of runs before it existed
+            attack.pop("escalate", None)
+        return {**attack, "norm": self.norm, "seed": self.seed}
 
 
 @dataclass(frozen=True)
