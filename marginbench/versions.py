@@ -5,7 +5,8 @@ ignored instead of silently reused, and ``marginbench tables`` leaves out run re
 margins an older version computed (it says how many and how to refresh them).
 """
 
-MARGINS_VERSION = 2  # 2: boundary points failing verification by rounding are backed off, not dropped
+MARGINS_VERSION = 3  # 2: boundary points failing verification by rounding are backed off, not dropped;
+# 3: per-sample "escalated" (attack families tried on samples the estimator left unbroken)
 OUTPUTS_VERSION = 1
 PSEUDO_VERSION = 1
 SCORES_VERSION = 1

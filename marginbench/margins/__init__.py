@@ -42,7 +42,7 @@ ESTIMATORS = {
 MEMBER_KEYS = ("steps", "restarts", "refine", "options")
 
 # configs/attack/<DEFAULT_ATTACK>.yaml is the estimator measured best (tightness vs cost)
-DEFAULT_ATTACK = "fab_polish"
+DEFAULT_ATTACK = "fab_polish_escalate"
 
 
 def _plain(value: Any) -> Any:
@@ -93,7 +93,8 @@ def build_estimator(cfg: Any, norm: str) -> MarginEstimator:
     """AttackConfig (dataclass, DictConfig or mapping) + norm (Linf | L2) -> estimator,
     wrapped in escalate.Escalation when ``escalate`` lists families."""
     base = _build_base(cfg, norm)
-    return escalate.wrap(base, list(_get(cfg, "escalate", []) or []), norm, _single)
+    finish = escalate.Finish(bool(_get(cfg, "refine", False)), dict(_get(cfg, "options", {}) or {}))
+    return escalate.wrap(base, list(_get(cfg, "escalate", []) or []), norm, _single, finish)
 
 
 def _build_base(cfg: Any, norm: str) -> MarginEstimator:

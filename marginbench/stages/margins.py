@@ -27,7 +27,8 @@ from marginbench.versions import MARGINS_VERSION
 
 log = logging.getLogger("marginbench")
 
-MARGIN_FIELDS = ("position", "pred", "margin", "success", "found_by", "x_adv", "n_forward", "n_backward", "seconds")
+MARGIN_FIELDS = ("position", "pred", "margin", "success", "found_by", "escalated", "x_adv", "n_forward", "n_backward",
+                 "seconds")
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ def _attack_batch(estimator: Any, net: torch.nn.Module, x: torch.Tensor, batch: 
         "margin": np.asarray(result.margin, dtype=np.float64),
         "success": np.asarray(result.success, dtype=bool),
         "found_by": np.asarray(result.found_by, dtype=str),
+        "escalated": np.asarray(result.escalated, dtype=str),
         "x_adv": result.x_adv.detach().cpu().numpy().astype(np.float32),
         "n_forward": np.asarray(result.n_forward, dtype=np.int64),
         "n_backward": np.asarray(result.n_backward, dtype=np.int64),

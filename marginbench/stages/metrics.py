@@ -94,6 +94,7 @@ def build_samples_table(data: RunData, params: MetricsParams) -> pd.DataFrame:
             "input_margin": input_margin,
             "attack_success": success,
             "found_by": margins["found_by"].astype(str),
+            "escalated": margins["escalated"].astype(str),
             "logit_margin": metrics.logit_margin(outputs["logits"]),
             "feature_margin": metrics.feature_margin(outputs["logits"], outputs["head_weight"], params.norm),
             "feature_distance": outputs["feature_distance"],
