@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 
 import marginbench
+from marginbench.config import attack_preset
+from marginbench.margins import DEFAULT_ATTACK
 from marginbench.stages.metrics import WALL_TIME_COLUMNS
 
 TESTS = Path(__file__).resolve().parent
@@ -23,7 +25,8 @@ REPO = TESTS.parent
 SAMPLE_COLUMNS = {
     "index", "label", "pred", "correct", "input_margin", "attack_success", "found_by", "logit_margin",
     "feature_margin", "feature_distance", "adv_logit_margin", "n_forward", "n_backward", "attack_seconds",
-    "nonrobust", "robust_correct", "prob_margin", "max_softmax", "neg_entropy",
+    "nonrobust", "robust_correct", "prob_margin", "max_softmax", "neg_entropy", "escalated",
+    "first_order_margin", "neg_grad_norm", "score_seconds",
 }
 SUMMARY_KEYS = {
     "model", "dataset", "norm", "eps", "n_samples", "clean_accuracy", "robust_accuracy_attack", "kendall_tau",
@@ -196,13 +199,17 @@ def test_unbreakable_model_gives_flagged_failures_counted_in_the_summary(npz_dat
     """A model that ignores its input cannot be attacked: every sample is a recorded
     failure (input_margin inf, attack_success false, found_by empty), never a margin of 0,
     and the summary counts them."""
-    overrides = [o if o != "model.factory=tiny_models:tiny_cnn" else "model.factory=tiny_models:constant"
-                 for o in tiny_overrides(npz_data, tmp_path / "cache", "n_samples=8")]
+    swap = {"model.factory=tiny_models:tiny_cnn": "model.factory=tiny_models:constant",
+            "attack=fab": f"attack={DEFAULT_ATTACK}"}
+    overrides = [swap.get(o, o) for o in tiny_overrides(npz_data, tmp_path / "cache", "n_samples=8")]
     result = marginbench.run(*overrides, run_dir=tmp_path / "run")
     samples = pd.read_csv(tmp_path / "run" / "samples.csv", keep_default_na=False)
     assert len(samples) == 8
     assert (samples["input_margin"].astype(float) == np.inf).all()
     assert (samples["attack_success"].astype(str) == "False").all()
     assert (samples["found_by"] == "").all()
+    # the default escalates every failure through each family of its preset, and says so
+    families = ",".join(attack_preset(DEFAULT_ATTACK)["escalate"])
+    assert families and (samples["escalated"] == families).all()
     assert result.summary["n_attack_failures"] == 8
     assert not samples["nonrobust"].astype(str).eq("True").any()
