@@ -248,41 +248,43 @@ def _percent(v: Any) -> float:
 
 def published_accuracy(rec_or_code: RunRecord | str, refs: dict[str, pd.DataFrame]
                        ) -> tuple[float, float, str]:
-    """(clean %, robust %, source) published for a model: summary.json, then
-    reference/robustbench_models.csv, then the registry (imports torch, so last), then
-    reference/published_accuracy_reference.csv. nan where unknown."""
+    """(clean %, robust %, source) published for a model, each value from the first of these
+    that has it: summary.json, reference/robustbench_models.csv, the registry (torch-free),
+    reference/published_accuracy_reference.csv (whose rows name their own source). nan where
+    unknown."""
+    code = rec_or_code.code if isinstance(rec_or_code, RunRecord) else rec_or_code
+
+    def from_summary() -> tuple[float, float, str] | None:
+        if not isinstance(rec_or_code, RunRecord):
+            return None
+        s = rec_or_code.summary
+        return _percent(s.get("clean_accuracy_published")), _percent(s.get("robust_accuracy_published")), "[RB]"
+
+    def from_row(table: str, tag: str | None) -> tuple[float, float, str] | None:
+        r = ref_row(refs, table, code)
+        if r is None:
+            return None
+        return _num(r.get("clean_acc")), _num(r.get("robust_acc")), str(r.get("source", "")) if tag is None else tag
+
+    def from_registry() -> tuple[float, float, str] | None:
+        e = registry_entries().get(code.upper())
+        return None if e is None else (_num(getattr(e, "clean_acc", None)), _num(getattr(e, "robust_acc", None)), "[RB]")
+
+    lookups = (from_summary, lambda: from_row("robustbench_models", "[RB]"), from_registry,
+               lambda: from_row("published_accuracy_reference", None))
     clean = robust = float("nan")
     source = ""
-    if isinstance(rec_or_code, RunRecord):
-        code = rec_or_code.code
-        clean = _percent(rec_or_code.summary.get("clean_accuracy_published"))
-        robust = _percent(rec_or_code.summary.get("robust_accuracy_published"))
-        if not (math.isnan(clean) and math.isnan(robust)):
-            source = "[RB]"
-    else:
-        code = rec_or_code
-    if math.isnan(clean) or math.isnan(robust):  # the registry's data file, read without torch
-        r = ref_row(refs, "robustbench_models", code)
-        if r is not None:
-            if math.isnan(clean):
-                clean = _num(r.get("clean_acc"))
-            if math.isnan(robust):
-                robust = _num(r.get("robust_acc"))
-            source = source or ("[RB]" if not (math.isnan(clean) and math.isnan(robust)) else "")
-    if math.isnan(clean) or math.isnan(robust):
-        e = registry_entries().get(code.upper())
-        if e is not None:
-            if math.isnan(clean):
-                clean = _num(getattr(e, "clean_acc", None))
-            if math.isnan(robust):
-                robust = _num(getattr(e, "robust_acc", None))
-            source = source or ("[RB]" if not (math.isnan(clean) and math.isnan(robust)) else "")
-    if math.isnan(clean) or math.isnan(robust):
-        r = ref_row(refs, "published_accuracy_reference", code)
-        if r is not None:
-            if math.isnan(clean):
-                clean = _num(r.get("clean_acc"))
-            if math.isnan(robust):
-                robust = _num(r.get("robust_acc"))
-            source = source or str(r.get("source", ""))
+    for lookup in lookups:
+        if not (math.isnan(clean) or math.isnan(robust)):
+            break
+        found = lookup()
+        if found is None:
+            continue
+        c, r, tag = found
+        clean = c if math.isnan(clean) else clean
+        robust = r if math.isnan(robust) else robust
+        # the reference file's rows name their source whatever they hold; the others only
+        # count as a source where they gave a number
+        if lookup is lookups[-1] or not (math.isnan(c) and math.isnan(r)):
+            source = source or tag
     return clean, robust, source
