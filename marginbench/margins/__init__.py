@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from marginbench.errors import MarginbenchError
-from marginbench.margins import advlib, fab
+from marginbench.margins import advlib, exact, fab
 from marginbench.margins.base import AttackSpec, Estimator, MarginBatch, MarginEstimator
 from marginbench.margins.ensemble import Ensemble
 from marginbench.margins.verify import NORMS, lp_norm, verify
@@ -32,6 +32,7 @@ ESTIMATORS = {
     "apgd_bisect": advlib.apgd_bisect,
     "ddn": advlib.ddn,
     "alma": advlib.alma,
+    "exact": exact.exact_margin,  # MILP, small piecewise-linear nets only (exact.py)
 }
 
 # Budgets of ensemble members that have no override in the ensemble's ``options``;
