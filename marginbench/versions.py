@@ -6,7 +6,8 @@ margins an older version computed (it says how many and how to refresh them).
 """
 
 MARGINS_VERSION = 3  # 2: boundary points failing verification by rounding are backed off, not dropped;
-# 3: per-sample "escalated" (attack families tried on samples the estimator left unbroken)
+# 3: per-sample "escalated" (attack families tried on samples the estimator left unbroken),
+# "lower_bound" and "status" (certified by attack=exact; 0 and "attack" for attacks)
 OUTPUTS_VERSION = 1
 PSEUDO_VERSION = 1
 SCORES_VERSION = 1

@@ -23,7 +23,7 @@ from typing import Any
 
 from marginbench.config import attack_preset, group_options
 from marginbench.errors import MarginbenchError
-from marginbench.margins import advlib, escalate, fab, square
+from marginbench.margins import advlib, escalate, exact, fab, square
 from marginbench.margins.base import AttackSpec, Estimator, MarginBatch, MarginEstimator
 from marginbench.margins.ensemble import Ensemble
 from marginbench.margins.verify import NORMS, lp_norm, verify
@@ -37,6 +37,7 @@ ESTIMATORS = {
     "ddn": advlib.ddn,
     "alma": advlib.alma,
     "square": square.square_bisect,
+    "exact": exact.exact_margin,  # MILP, small piecewise-linear nets only (exact.py)
 }
 
 MEMBER_KEYS = ("steps", "restarts", "refine", "options")

@@ -28,6 +28,41 @@ from marginbench.margins.verify import NORMS, verify
 OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho")
 # Perturbation scalings tried when a point fails verification only by rounding (see _run).
 BACKOFF_FACTORS = (1.001, 1.01)
+# Per-sample ``status`` of a margin: "exact" (certified lower bound within EXACT_TOL of the
+# margin), "bracket" (a certified lower bound, gap larger: e.g. a solver time limit),
+# "attack" (an attack's upper bound only, lower_bound 0: every estimator but exact).
+STATUSES = ("exact", "bracket", "attack")
+# Absolute gap (L-inf margins are <= 1) at which a margin counts as exact: ~1/4000 of a
+# gray level, and the resolution of a point checked in float32 (the input grid is ~6e-8
+# near 1; the logits round at ~1e-6 relative, so the boundary itself is only that sharp).
+EXACT_TOL = 1e-6
+
+
+def gap_closed(margin: np.ndarray, lower_bound: np.ndarray) -> np.ndarray:
+    """Bool: the certified lower bound is within EXACT_TOL of the margin (inf and inf: no
+    adversarial example exists, proved)."""
+    margin, lower_bound = np.asarray(margin, float), np.asarray(lower_bound, float)
+    with np.errstate(invalid="ignore"):
+        return (margin - lower_bound <= EXACT_TOL) | (np.isinf(margin) & (lower_bound == margin))
+
+
+def settle_status(margin: np.ndarray, lower_bound: np.ndarray, certified: np.ndarray) -> np.ndarray:
+    """Status from the final (verified) margin: "attack" where nothing was certified,
+    else "exact" or "bracket" by the gap."""
+    closed = gap_closed(margin, lower_bound)
+    return np.where(~np.asarray(certified, bool), "attack", np.where(closed, "exact", "bracket")).astype(str)
+
+
+@dataclass
+class Certified:
+    """What an attack function that also proves something returns instead of a bare
+    ``x_adv``: the candidates plus, per sample, a certified lower bound on the margin and
+    whether it certified anything at all (False: an attack's point only)."""
+
+    x_adv: Tensor
+    lower_bound: np.ndarray  # float64 (B,)
+    certified: np.ndarray  # bool (B,)
+    details: Any = None  # per-sample solver records for callers that want them; not kept
 
 
 @dataclass
@@ -42,10 +77,19 @@ class MarginBatch:
     # str (B,) escalation families tried on a sample, comma-separated ("" = never escalated;
     # escalate.py). None at construction means "" for every sample.
     escalated: np.ndarray | None = None
+    # certified lower bound on the margin (float64 (B,); 0 for an attack, which proves nothing)
+    # and its status, one of STATUSES (str (B,); "attack" for every estimator but exact)
+    lower_bound: np.ndarray | None = None
+    status: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        n = int(np.shape(self.margin)[0])
         if self.escalated is None:
-            self.escalated = np.full(self.margin.shape[0], "", dtype=str)
+            self.escalated = np.full(n, "", dtype=str)
+        if self.lower_bound is None:
+            self.lower_bound = np.zeros(n, dtype=np.float64)
+        if self.status is None:
+            self.status = np.full(n, "attack").astype(str)
 
     def __len__(self) -> int:
         return int(self.margin.shape[0])
@@ -64,6 +108,8 @@ class MarginBatch:
             n_backward=np.concatenate([b.n_backward for b in batches]),
             seconds=np.concatenate([b.seconds for b in batches]),
             escalated=np.concatenate([b.escalated.astype(object) for b in batches]).astype(str),
+            lower_bound=np.concatenate([b.lower_bound for b in batches]),
+            status=np.concatenate([b.status.astype(object) for b in batches]).astype(str),
         )
 
 
@@ -186,7 +232,9 @@ class Estimator:
 
     def _run(self, counting: CountingModel, x: Tensor, y_pred: Tensor):
         spec, norm = self.spec, self.norm
-        candidates = [self.fn(counting, x, y_pred, norm, spec).detach()]
+        proposed = self.fn(counting, x, y_pred, norm, spec)
+        cert = proposed if isinstance(proposed, Certified) else None
+        candidates = [(cert.x_adv if cert is not None else proposed).detach()]
         if spec.polish_rounds > 0:
             candidates.append(shrink(
                 counting, x, candidates[-1], y_pred, norm, rounds=spec.polish_rounds,
@@ -212,7 +260,7 @@ class Estimator:
                 m2, s2, x2 = verify(counting, x[idx], fallback(idx), y_pred[idx], norm)
             margin[failed], success[failed] = m2, s2
             x_adv[idx] = x2
-        return margin, success, x_adv
+        return margin, success, x_adv, cert
 
     def __call__(self, model: nn.Module, x: Tensor, y_pred: Tensor, _checked: bool = False) -> MarginBatch:
         check_inputs(model, x, y_pred, self.norm)
@@ -229,9 +277,9 @@ class Estimator:
             if n:
                 if not _checked:
                     check_predictions(counting, x, y_pred)
-                margin, success, x_adv = self._run(counting, x, y_pred)
+                margin, success, x_adv, cert = self._run(counting, x, y_pred)
             else:
-                margin, success, x_adv = np.zeros(0), np.zeros(0, bool), x
+                margin, success, x_adv, cert = np.zeros(0), np.zeros(0, bool), x, None
             _sync(x.device)
             elapsed = time.perf_counter() - start
         return MarginBatch(
@@ -242,4 +290,15 @@ class Estimator:
             n_forward=counting.forward_counts.numpy().copy(),
             n_backward=counting.backward_counts.numpy().copy(),
             seconds=np.full(n, elapsed / max(n, 1), dtype=np.float64),
+            **_certificate(cert, margin),
         )
+
+
+def _certificate(cert: Certified | None, margin: np.ndarray) -> dict[str, np.ndarray]:
+    """MarginBatch's lower_bound/status from a certifying attack (defaults otherwise). The
+    lower bound never exceeds the verified margin, and the status is settled on that margin
+    (a point stepped back out at verification may have opened the gap)."""
+    if cert is None:
+        return {}
+    lower = np.minimum(np.asarray(cert.lower_bound, np.float64), margin)
+    return {"lower_bound": lower, "status": settle_status(margin, lower, cert.certified)}

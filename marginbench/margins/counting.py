@@ -86,6 +86,12 @@ class CountingModel(nn.Module):
             out.register_hook(_hook)
         return out
 
+    def charge(self, forward, backward) -> None:
+        """Add passes spent outside this wrapper (a nested estimator run on the bare model)
+        to the active samples, one entry per active sample."""
+        self.forward_counts.index_add_(0, self._active, torch.as_tensor(forward, dtype=torch.int64))
+        self.backward_counts.index_add_(0, self._active, torch.as_tensor(backward, dtype=torch.int64))
+
     def reset(self) -> None:
         self.forward_counts.zero_()
         self.backward_counts.zero_()

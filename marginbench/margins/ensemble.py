@@ -8,7 +8,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from marginbench.margins.base import Estimator, MarginBatch, check_inputs, check_predictions
+from marginbench.margins.base import (
+    Estimator,
+    MarginBatch,
+    check_inputs,
+    check_predictions,
+    settle_status,
+)
 from marginbench.margins.counting import CountingModel, frozen_parameters
 
 
@@ -47,12 +53,18 @@ class Ensemble:
         found_by = np.stack([r.found_by.astype(object) for r in results])[winner, rows]
         found_by = np.where(success, found_by, "").astype(str)
         x_adv = torch.stack([r.x_adv for r in results])[torch.as_tensor(winner), torch.as_tensor(rows)]
+        margin = np.where(success, margin, np.inf).astype(np.float64)
+        # every member's lower bound is certified, so the largest holds (attacks give 0)
+        lower = np.minimum(np.max([r.lower_bound for r in results], axis=0), margin)
+        certified = np.any([r.status != "attack" for r in results], axis=0)
         return MarginBatch(
-            margin=np.where(success, margin, np.inf).astype(np.float64),
+            margin=margin,
             success=success.astype(bool),
             found_by=found_by,
             x_adv=x_adv,
             n_forward=pre_fwd + sum(r.n_forward for r in results),
             n_backward=sum(r.n_backward for r in results).astype(np.int64),
             seconds=pre_sec / max(n, 1) + sum(r.seconds for r in results),
+            lower_bound=lower,
+            status=settle_status(margin, lower, certified),
         )

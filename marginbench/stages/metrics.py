@@ -92,6 +92,8 @@ def build_samples_table(data: RunData, params: MetricsParams) -> pd.DataFrame:
             "pred": pred.astype(np.int64),
             "correct": correct,
             "input_margin": input_margin,
+            "margin_lower_bound": margins["lower_bound"].astype(np.float64),
+            "margin_status": margins["status"].astype(str),
             "attack_success": success,
             "found_by": margins["found_by"].astype(str),
             "escalated": margins["escalated"].astype(str),
