@@ -154,7 +154,7 @@ Each folder holds `weights.pt` (state dict of `marginbench.oracle.<net>()`, load
 over 2x2 blocks to 14x14: `marginbench.oracle.downsample`, with labels and test-set
 indices) and `margins.csv`: per sample the test-set `index`, `label`, `pred`, `correct`,
 the exact L-inf input `margin` of `attack=exact` (verified: the point flips the float32
-network), its certified `lower_bound` (HiGHS's dual bound), `status` (`exact`: gap <= 1e-6;
+network), its certified `lower_bound` (HiGHS's dual bound less 1e-7 for float32 rounding), `status` (`exact`: gap <= 1e-6;
 `bracket`: time limit), the default estimator's (fab_polish) `attack_margin` that bounded the
 MILP's box, and the solver's `milp_seconds`, `n_unstable` (ReLUs with an undetermined sign
 on the box, one binary each), `n_milp` (MILPs solved, one per runner-up class that its
