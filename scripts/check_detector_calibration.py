@@ -7,9 +7,9 @@ Beside it the paper's uncalibrated threshold: the empirical 95%-TPR threshold of
 calibration part. Prints a table. ``share_ok``: population rule (its guarantee is on the population recall; the
 realised test recall scatters around it, ``exact`` is the beta-binomial probability that it
 is >= target); ``ok_batch``: the batch rule told the test part's number of non-robust inputs.
-Exits 1 if a batch-rule share is below 1 - δ - 2 standard errors of a 200-split proportion.
+Exits 1 if a batch-rule share is below 1 - δ - 2 standard errors of an N_SPLITS-split proportion.
 
-    PYTHONPATH=. python scripts/check_detector_calibration.py [runs_dir]
+    python scripts/check_detector_calibration.py [runs_dir [n_splits (200)]]
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import pandas as pd
 
 from marginbench import detect, metrics
 
-TARGET, DELTA, N_SPLITS = 0.95, 0.05, 200
-RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/work/main/results/demo/runs")
+TARGET, DELTA = 0.95, 0.05
+RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
+N_SPLITS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 SKIP = {"fm_mart_pseudo"}  # same model and margins as fm_mart
 
 

@@ -23,7 +23,7 @@ from marginbench import intervals, metrics
 
 N_RESAMPLES = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 LEVEL = 0.95
-RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/work/main/results/demo/runs")
+RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
 SKIP = {"fm_mart_pseudo"}  # same model and margins as fm_mart
 METHODS = ("ppi_finite_population", "ppi", "clopper_pearson", "wald")
 
