@@ -175,7 +175,7 @@ def test_oracle_images_are_the_downsampled_test_set(oracle):
 def _quick_rows(oracle, count: int) -> np.ndarray:
     """The ``count`` exact samples that were quickest to solve (the default suite's share)."""
     table = oracle.table[oracle.table["status"] == "exact"]
-    return table.sort_values("milp_seconds", kind="stable").index.to_numpy()[:count]
+    return np.array(table.sort_values("milp_seconds", kind="stable").index[:count])
 
 
 def _exact_below_estimators(oracle, rows: np.ndarray) -> None:
