@@ -167,7 +167,7 @@ def test_oracle_images_are_the_downsampled_test_set(oracle):
         images, labels = load_split("fashion_mnist", "test", None, download=False)
     except MarginbenchError as exc:
         pytest.skip(f"Fashion-MNIST not available: {exc}")
-    idx = torch.as_tensor(oracle.table["index"].to_numpy())
+    idx = torch.tensor(oracle.table["index"].to_numpy())
     torch.testing.assert_close(downsample(images[idx].float().div_(255.0)), oracle.images, rtol=0, atol=0)
     assert torch.equal(labels[idx], oracle.labels)
 
@@ -175,12 +175,12 @@ def test_oracle_images_are_the_downsampled_test_set(oracle):
 def _quick_rows(oracle, count: int) -> np.ndarray:
     """The ``count`` exact samples that were quickest to solve (the default suite's share)."""
     table = oracle.table[oracle.table["status"] == "exact"]
-    return table.sort_values("milp_seconds", kind="stable").index.to_numpy()[:count]
+    return np.array(table.sort_values("milp_seconds", kind="stable").index[:count])
 
 
 def _exact_below_estimators(oracle, rows: np.ndarray) -> None:
     x, table = oracle.images[rows], oracle.table.iloc[rows]
-    pred = torch.as_tensor(table["pred"].to_numpy())
+    pred = torch.tensor(table["pred"].to_numpy())
     for name in ESTIMATOR_PRESETS:
         result = build_estimator(preset(name), "Linf")(oracle.model, x, pred)
         ok = result.success
@@ -190,7 +190,7 @@ def _exact_below_estimators(oracle, rows: np.ndarray) -> None:
 
 def _recompute(oracle, rows: np.ndarray) -> None:
     x, table = oracle.images[rows], oracle.table.iloc[rows]
-    pred = torch.as_tensor(table["pred"].to_numpy())
+    pred = torch.tensor(table["pred"].to_numpy())
     result = build_estimator(preset("exact"), "Linf")(oracle.model, x, pred)
     np.testing.assert_allclose(result.margin, table["margin"].to_numpy(), rtol=0, atol=1e-5)
     assert (result.lower_bound <= result.margin).all()
