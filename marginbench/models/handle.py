@@ -34,7 +34,7 @@ def file_digest(path: Path, store: ArtifactStore) -> str:
 
 def model_identity(cfg: DictConfig, entry: Any, model_dir: Path, store: ArtifactStore) -> dict[str, Any]:
     """What identifies the model's numbers: its name and the hash of its weights file."""
-    from marginbench.models.registry import checkpoint_path
+    from marginbench.models.sources import checkpoint_path
 
     identity: dict[str, Any] = {"code": entry.code, "source": entry.source}
     if entry.source == "custom":
@@ -90,8 +90,8 @@ class LazyModel:
 def ensure_model_available(cfg: DictConfig, entry: Any, model_dir: Path, model: LazyModel) -> None:
     """Fail in seconds, before data loading or any attack, when the weights cannot be had;
     reject a file that is not a checkpoint (an HTML page from a failed download)."""
-    from marginbench.models.loading import check_checkpoint_file, weights_url
-    from marginbench.models.registry import checkpoint_path
+    from marginbench.models.loading import check_checkpoint_file
+    from marginbench.models.sources import checkpoint_path, weights_url
 
     if entry.source == "custom":
         if cfg.model.weights and not Path(cfg.model.weights).is_file():
