@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--oracle", nargs="+", type=Path,
                    default=[ROOT / "results" / "oracle" / n for n in ("mlp_std", "cnn_pgd")])
-    p.add_argument("--estimators", nargs="+", default=["fab", "fab_polish", "fmn", "apgd_bisect", "fab_targeted"])
+    p.add_argument("--estimators", nargs="+", default=["fab", "fab_polish", "fmn", "apgd_bisect", "fab_targeted", "fab_polish_ball_lite", "fab_polish_ball"])
     p.add_argument("--batch-size", type=int, default=120)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "oracle_Linf.csv")

@@ -21,11 +21,13 @@ from torch import Tensor, nn
 
 from marginbench.errors import MarginbenchError
 from marginbench.margins.counting import CountingModel, frozen_parameters
+from marginbench.margins.ball_search import BallSearch, ball_search
 from marginbench.margins.refine import line_search, shrink
 from marginbench.margins.verify import NORMS, verify
 
 # options consumed by marginbench itself, never passed on to a library call
-OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho")
+OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho",
+               "ball_rounds", "ball_targets", "ball_starts", "ball_steps", "ball_rhos")
 # Perturbation scalings tried when a point fails verification only by rounding (see _run).
 BACKOFF_FACTORS = (1.001, 1.01)
 # Per-sample ``status`` of a margin: "exact" (certified lower bound within EXACT_TOL of the
@@ -153,6 +155,28 @@ class AttackSpec:
     def polish_min_rho(self) -> float:
         return float(self.options.get("polish_min_rho", 0.0))
 
+    @property
+    def ball_search(self) -> BallSearch | None:
+        """The ball search after polish (ball_search.py), or None (options.ball_rounds 0)."""
+        o = self.options
+        rounds = int(o.get("ball_rounds", 0))
+        if rounds <= 0:
+            return None
+        default = BallSearch()
+        rhos = o.get("ball_rhos", default.rhos)
+        rhos = rhos if isinstance(rhos, (list, tuple)) else [rhos]  # ball_rhos=0.02 on the command line
+        search = BallSearch(
+            targets=int(o.get("ball_targets", default.targets)), starts=int(o.get("ball_starts", default.starts)),
+            steps=int(o.get("ball_steps", default.steps)),
+            rhos=tuple(float(r) for r in rhos), rounds=rounds, seed=self.seed,
+        )
+        if min(search.targets, search.starts, search.steps) < 1 or not all(0 < r < 1 for r in search.rhos):
+            raise MarginbenchError(
+                f"attack {self.name}: ball_targets, ball_starts and ball_steps must be >= 1 and every "
+                f"ball_rhos value in (0, 1); got {search.targets}, {search.starts}, {search.steps}, {list(search.rhos)}"
+            )
+        return search
+
     def library_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.options.items() if k not in OWN_OPTIONS}
 
@@ -240,6 +264,9 @@ class Estimator:
                 counting, x, candidates[-1], y_pred, norm, rounds=spec.polish_rounds,
                 steps=spec.polish_steps, rho=spec.polish_rho, min_rho=spec.polish_min_rho,
             ))
+        ball = spec.ball_search
+        if ball is not None:
+            candidates.append(ball_search(counting, x, candidates[-1], y_pred, norm, ball))
         if spec.refine:
             candidates.append(line_search(counting, x, candidates[-1], y_pred, steps=spec.refine_steps))
         last = candidates[-1]
