@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,7 @@ from marginbench.margins import build_estimator
 from marginbench.margins.ball_search import BallSearch, ball_search, runner_up_classes
 from marginbench.margins.base import EXACT_TOL
 from marginbench.margins.counting import CountingModel
-from marginbench.margins.verify import lp_norm, verify
+from marginbench.margins.verify import verify
 from marginbench.oracle import ORACLE_DIR, load_oracle
 
 K = 10

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from marginbench.errors import MarginbenchError
-from marginbench.margins.counting import CountingModel, frozen_parameters
 from marginbench.margins.ball_search import BallSearch, ball_search
+from marginbench.margins.counting import CountingModel, frozen_parameters
 from marginbench.margins.refine import line_search, shrink
 from marginbench.margins.verify import NORMS, verify
 
