@@ -5,15 +5,17 @@ ignored instead of silently reused, and ``marginbench tables`` leaves out run re
 margins an older version computed (it says how many and how to refresh them).
 """
 
-MARGINS_VERSION = 3  # 2: boundary points failing verification by rounding are backed off, not dropped;
+MARGINS_VERSION = 4  # 2: boundary points failing verification by rounding are backed off, not dropped;
 # 3: per-sample "escalated" (attack families tried on samples the estimator left unbroken),
 # "lower_bound" and "status" (certified by attack=exact; 0 and "attack" for attacks)
+# 4: per-sample "agreement" (searches within 1 % of the margin: multistart.py, ensemble.py)
 OUTPUTS_VERSION = 1
 PSEUDO_VERSION = 1
 SCORES_VERSION = 1
-RUNS_VERSION = 5  # 2: summary "attack" names the preset; 3: summary records these versions;
+RUNS_VERSION = 6  # 2: summary "attack" names the preset; 3: summary records these versions;
 # 4: summary robust_accuracy_interval and scores; samples.csv prob_margin, max_softmax, neg_entropy
 # 5: samples.csv first_order_margin, neg_grad_norm, score_seconds (gradient scores stage)
+# 6: samples.csv margin_agreement
 
 STAGE_VERSIONS = {
     "margins": MARGINS_VERSION,

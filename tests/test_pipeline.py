@@ -26,7 +26,7 @@ SAMPLE_COLUMNS = {
     "index", "label", "pred", "correct", "input_margin", "attack_success", "found_by", "logit_margin",
     "feature_margin", "feature_distance", "adv_logit_margin", "n_forward", "n_backward", "attack_seconds",
     "nonrobust", "robust_correct", "prob_margin", "max_softmax", "neg_entropy", "escalated",
-    "margin_lower_bound", "margin_status",
+    "margin_lower_bound", "margin_status", "margin_agreement",
     "first_order_margin", "neg_grad_norm", "score_seconds",
 }
 SUMMARY_KEYS = {

@@ -20,14 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from marginbench.errors import MarginbenchError
-from marginbench.margins.ball_search import BallSearch, ball_search
 from marginbench.margins.counting import CountingModel, frozen_parameters
+from marginbench.margins.multistart import MultiStart, Polish, multistart
 from marginbench.margins.refine import line_search, shrink
 from marginbench.margins.verify import NORMS, verify
 
 # options consumed by marginbench itself, never passed on to a library call
 OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho",
-               "ball_rounds", "ball_targets", "ball_starts", "ball_steps", "ball_rhos")
+               "multistart_rounds", "multistart_targets", "multistart_steps", "multistart_agree")
 # Perturbation scalings tried when a point fails verification only by rounding (see _run).
 BACKOFF_FACTORS = (1.001, 1.01)
 # Per-sample ``status`` of a margin: "exact" (certified lower bound within EXACT_TOL of the
@@ -83,9 +83,15 @@ class MarginBatch:
     # and its status, one of STATUSES (str (B,); "attack" for every estimator but exact)
     lower_bound: np.ndarray | None = None
     status: np.ndarray | None = None
+    # int64 (B,) independent members whose verified margin is within AGREE_RTOL of the
+    # reported one (ensemble.py); a single estimator is one member: 1 where it succeeded,
+    # 0 on failure. None at construction means that default.
+    agreement: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = int(np.shape(self.margin)[0])
+        if self.agreement is None:
+            self.agreement = np.asarray(self.success, dtype=bool).astype(np.int64)
         if self.escalated is None:
             self.escalated = np.full(n, "", dtype=str)
         if self.lower_bound is None:
@@ -112,6 +118,7 @@ class MarginBatch:
             escalated=np.concatenate([b.escalated.astype(object) for b in batches]).astype(str),
             lower_bound=np.concatenate([b.lower_bound for b in batches]),
             status=np.concatenate([b.status.astype(object) for b in batches]).astype(str),
+            agreement=np.concatenate([b.agreement for b in batches]),
         )
 
 
@@ -156,26 +163,27 @@ class AttackSpec:
         return float(self.options.get("polish_min_rho", 0.0))
 
     @property
-    def ball_search(self) -> BallSearch | None:
-        """The ball search after polish (ball_search.py), or None (options.ball_rounds 0)."""
-        o = self.options
-        rounds = int(o.get("ball_rounds", 0))
+    def polish(self) -> Polish:
+        """This estimator's polish and bisection budget (for the multi-start candidates)."""
+        return Polish(rounds=self.polish_rounds, steps=self.polish_steps, rho=self.polish_rho,
+                      min_rho=self.polish_min_rho, refine_steps=self.refine_steps)
+
+    @property
+    def multistart(self) -> MultiStart | None:
+        """The multi-start stage (multistart.py), or None (options.multistart_rounds 0)."""
+        o, default = self.options, MultiStart()
+        rounds = int(o.get("multistart_rounds", 0))
         if rounds <= 0:
             return None
-        default = BallSearch()
-        rhos = o.get("ball_rhos", default.rhos)
-        rhos = rhos if isinstance(rhos, (list, tuple)) else [rhos]  # ball_rhos=0.02 on the command line
-        search = BallSearch(
-            targets=int(o.get("ball_targets", default.targets)), starts=int(o.get("ball_starts", default.starts)),
-            steps=int(o.get("ball_steps", default.steps)),
-            rhos=tuple(float(r) for r in rhos), rounds=rounds, seed=self.seed,
-        )
-        if min(search.targets, search.starts, search.steps) < 1 or not all(0 < r < 1 for r in search.rhos):
+        starts = MultiStart(targets=int(o.get("multistart_targets", default.targets)), rounds=rounds,
+                            steps=int(o.get("multistart_steps", default.steps)),
+                            agree=int(o.get("multistart_agree", default.agree)), seed=self.seed)
+        if min(starts.targets, starts.steps) < 1 or starts.agree < 0:
             raise MarginbenchError(
-                f"attack {self.name}: ball_targets, ball_starts and ball_steps must be >= 1 and every "
-                f"ball_rhos value in (0, 1); got {search.targets}, {search.starts}, {search.steps}, {list(search.rhos)}"
+                f"attack {self.name}: multistart_targets and multistart_steps must be >= 1 and "
+                f"multistart_agree >= 0; got {starts.targets}, {starts.steps}, {starts.agree}"
             )
-        return search
+        return starts
 
     def library_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.options.items() if k not in OWN_OPTIONS}
@@ -264,11 +272,13 @@ class Estimator:
                 counting, x, candidates[-1], y_pred, norm, rounds=spec.polish_rounds,
                 steps=spec.polish_steps, rho=spec.polish_rho, min_rho=spec.polish_min_rho,
             ))
-        ball = spec.ball_search
-        if ball is not None:
-            candidates.append(ball_search(counting, x, candidates[-1], y_pred, norm, ball))
         if spec.refine:
             candidates.append(line_search(counting, x, candidates[-1], y_pred, steps=spec.refine_steps))
+        agreement = None
+        starts = spec.multistart
+        if starts is not None:
+            point, agreement = multistart(counting, x, candidates[-1], y_pred, norm, starts, spec.polish)
+            candidates.append(point)
         last = candidates[-1]
         margin, success, x_adv = verify(counting, x, last, y_pred, norm)
         # A refined point can sit so close to the boundary that the verification forward
@@ -287,7 +297,7 @@ class Estimator:
                 m2, s2, x2 = verify(counting, x[idx], fallback(idx), y_pred[idx], norm)
             margin[failed], success[failed] = m2, s2
             x_adv[idx] = x2
-        return margin, success, x_adv, cert
+        return margin, success, x_adv, cert, agreement
 
     def __call__(self, model: nn.Module, x: Tensor, y_pred: Tensor, _checked: bool = False) -> MarginBatch:
         check_inputs(model, x, y_pred, self.norm)
@@ -304,9 +314,9 @@ class Estimator:
             if n:
                 if not _checked:
                     check_predictions(counting, x, y_pred)
-                margin, success, x_adv, cert = self._run(counting, x, y_pred)
+                margin, success, x_adv, cert, agreement = self._run(counting, x, y_pred)
             else:
-                margin, success, x_adv, cert = np.zeros(0), np.zeros(0, bool), x, None
+                margin, success, x_adv, cert, agreement = np.zeros(0), np.zeros(0, bool), x, None, None
             _sync(x.device)
             elapsed = time.perf_counter() - start
         return MarginBatch(
@@ -317,6 +327,8 @@ class Estimator:
             n_forward=counting.forward_counts.numpy().copy(),
             n_backward=counting.backward_counts.numpy().copy(),
             seconds=np.full(n, elapsed / max(n, 1), dtype=np.float64),
+            # a search that failed verification agrees with nothing
+            agreement=None if agreement is None else np.where(success, agreement, 0),
             **_certificate(cert, margin),
         )
 

@@ -103,6 +103,7 @@ def _merge(result: MarginBatch, left: np.ndarray, sub: MarginBatch, name: str) -
     won = left[sub.success]
     result.margin[won] = sub.margin[sub.success]
     result.success[won] = True
+    result.agreement[won] = sub.agreement[sub.success]
     found_by = result.found_by.astype(object)
     found_by[won] = name
     result.found_by = found_by.astype(str)

@@ -27,7 +27,8 @@ from marginbench.versions import MARGINS_VERSION
 
 log = logging.getLogger("marginbench")
 
-MARGIN_FIELDS = ("position", "pred", "margin", "success", "found_by", "escalated", "lower_bound", "status", "x_adv",
+MARGIN_FIELDS = ("position", "pred", "margin", "success", "found_by", "escalated", "lower_bound", "status",
+                 "agreement", "x_adv",
                  "n_forward", "n_backward", "seconds")
 
 
@@ -205,6 +206,7 @@ def _attack_batch(estimator: Any, net: torch.nn.Module, x: torch.Tensor, batch: 
         "escalated": np.asarray(result.escalated, dtype=str),
         "lower_bound": np.asarray(result.lower_bound, dtype=np.float64),
         "status": np.asarray(result.status, dtype=str),
+        "agreement": np.asarray(result.agreement, dtype=np.int64),
         "x_adv": result.x_adv.detach().cpu().numpy().astype(np.float32),
         "n_forward": np.asarray(result.n_forward, dtype=np.int64),
         "n_backward": np.asarray(result.n_backward, dtype=np.int64),

@@ -94,6 +94,7 @@ def build_samples_table(data: RunData, params: MetricsParams) -> pd.DataFrame:
             "input_margin": input_margin,
             "margin_lower_bound": margins["lower_bound"].astype(np.float64),
             "margin_status": margins["status"].astype(str),
+            "margin_agreement": margins["agreement"].astype(np.int64),
             "attack_success": success,
             "found_by": margins["found_by"].astype(str),
             "escalated": margins["escalated"].astype(str),

@@ -1,0 +1,154 @@
+"""Multi-start: targeted FAB from random points of the best ball, every candidate polished.
+
+Why: against exact MILP margins (results/oracle, scripts/bench_oracle.py) a single
+minimum-norm search stops in a local optimum: where it misses, the exact point flips to
+another runner-up class (rank 2-4 at x) or lies in another orthant of the ball. Independent
+searches towards each runner-up class, started at random points at the distance of the best
+margin so far and each finished by the base estimator's polish and bisection, escape it:
+measured in README "Exact margins and the oracle benchmark".
+
+What, per sample with a verified adversarial of norm r (others are left alone):
+
+- a *round* runs, for each of the ``targets`` strongest runner-up classes at x, one
+  targeted pyautoattack FAB run of ``steps`` iterations from a random start at radius ~r
+  (FAB's own random start, radius eps/2 with eps = 2 r rounded up to a power of 2 so that
+  samples of similar margins share a call), then polish (refine.shrink) and bisection
+  (refine.line_search) of the point it found: one *candidate* per target;
+- the best verified candidate replaces the point when smaller;
+- ``agreement``: how many searches (the base estimator's and every candidate so far) ended
+  within 1 % (AGREE_RTOL) of the sample's best margin;
+- up to ``rounds`` rounds; after each, a sample whose agreement reached ``agree`` stops:
+  the budget goes to samples where the searches disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pyautoattack.fab_pt import FABAttack_PT
+from torch import Tensor, nn
+
+from marginbench.margins.counting import CountingModel
+from marginbench.margins.refine import line_search, shrink
+from marginbench.margins.verify import is_adversarial, lp_norm
+
+AGREE_RTOL = 0.01  # two margins "agree" when within 1 % (README: margin_agreement)
+# A candidate replaces the best point only when smaller by more than this factor: the final
+# verification (another batch composition) may step a boundary point back out by 0.1 %
+# (base.BACKOFF_FACTORS), which must not make the result worse than the point it replaced.
+MIN_GAIN = 1.001
+
+
+@dataclass(frozen=True)
+class Polish:
+    """The base estimator's finishing steps, applied to every candidate."""
+
+    rounds: int = 24
+    steps: int = 5
+    rho: float = 0.05
+    min_rho: float = 0.0
+    refine_steps: int = 10
+
+
+@dataclass(frozen=True)
+class MultiStart:
+    """Budget (configs/attack options ``multistart_*``; see the module docstring)."""
+
+    targets: int = 9
+    rounds: int = 1
+    steps: int = 20
+    agree: int = 0  # 0: every sample runs every round
+    seed: int = 0
+
+
+def _subset(model: nn.Module, index: Tensor):
+    if isinstance(model, CountingModel):
+        return model.subset(index)
+    return contextlib.nullcontext()
+
+
+def _radius_groups(r: Tensor) -> list[tuple[float, Tensor]]:
+    """Rows grouped by the power of 2 just above 2 r: (eps, rows) per group."""
+    exps = torch.ceil(torch.log2((2 * r).clamp_min(1e-12))).to(torch.int64)
+    return [(float(2.0 ** int(e)), (exps == e).nonzero().squeeze(1)) for e in torch.unique(exps)]
+
+
+def _candidate(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, target_rank: int,
+               steps: int, n_classes: int, polish: Polish) -> Tensor:
+    """One targeted FAB run from a random start at radius eps/2, polished and bisected.
+
+    Every candidate is polished: FAB's own point is usually far (> 30 %) above the margin
+    the polish then reaches, and polishing only the points within 1.3x of the best margin
+    lost 7 points of "within 1 % of exact" on the oracle (86 % -> 79 %)."""
+    fab = FABAttack_PT(model, norm=norm, n_restarts=1, n_iter=steps, eps=eps, seed=0, targeted=True,
+                       n_target_classes=n_classes - 1, device=x.device, verbose=False)
+    fab.target_class = target_rank  # FAB ranks by the logits at x: 2 = the strongest runner-up
+    with torch.no_grad():
+        point = fab.attack_single_run(x.clone(), y.clone(), use_rand_start=True, is_targeted=True)
+    point = shrink(model, x, point, y, norm, rounds=polish.rounds, steps=polish.steps,
+                   rho=polish.rho, min_rho=polish.min_rho)
+    return line_search(model, x, point, y, steps=polish.refine_steps)
+
+
+def _round(model: nn.Module, x: Tensor, y: Tensor, best: Tensor, r: Tensor, norm: str, budget: MultiStart,
+           n_classes: int, polish: Polish) -> Tensor:
+    """One candidate per target for every row; returns (targets, rows) candidate norms
+    (+inf where a candidate does not flip the prediction) and updates best / r in place."""
+    n_targets = max(1, min(budget.targets, n_classes - 1))
+    norms = torch.full((n_targets, x.shape[0]), math.inf, dtype=torch.float64, device=x.device)
+    for eps, rows in _radius_groups(r):
+        with _subset(model, rows):
+            for t in range(n_targets):
+                cand = _candidate(model, x[rows], y[rows], norm, eps, t + 2, budget.steps, n_classes, polish)
+                flipped = is_adversarial(model, cand, y[rows])
+                size = lp_norm(cand - x[rows], norm).to(x.device).double()
+                size = torch.where(flipped & (size > 0), size, torch.full_like(size, math.inf))
+                norms[t, rows] = size
+                better = size * MIN_GAIN < r[rows]
+                best[rows[better]] = cand[better]
+                r[rows[better]] = size[better]
+    return norms
+
+
+def multistart(model: nn.Module, x: Tensor, x_adv: Tensor, y_pred: Tensor, norm: str, budget: MultiStart,
+               polish: Polish) -> tuple[Tensor, np.ndarray]:
+    """(points never worse than ``x_adv``, agreement per sample); see the module docstring.
+    Rows whose ``x_adv`` does not flip the prediction are returned unchanged, agreement 0."""
+    adversarial = is_adversarial(model, x_adv, y_pred)
+    idx = adversarial.nonzero().squeeze(1)
+    agreement = np.zeros(x.shape[0], dtype=np.int64)
+    if idx.numel() == 0:
+        return x_adv, agreement
+    xs, ys, best = x[idx], y_pred[idx], x_adv[idx].clone()
+    with _subset(model, idx), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(budget.seed)
+        with torch.no_grad():
+            n_classes = int(model(xs[:1]).shape[1])
+        r = lp_norm(best - xs, norm).to(x.device).double()
+        found = [r.clone()]  # every search's margin, the base estimator's first
+        todo = torch.arange(idx.numel(), device=x.device)
+        for _ in range(max(budget.rounds, 0)):
+            if todo.numel() == 0:
+                break
+            sub_best, sub_r = best[todo], r[todo]
+            with _subset(model, todo):
+                norms = _round(model, xs[todo], ys[todo], sub_best, sub_r, norm, budget, n_classes, polish)
+            best[todo], r[todo] = sub_best, sub_r
+            full = torch.full((norms.shape[0], idx.numel()), math.inf, dtype=torch.float64, device=x.device)
+            full[:, todo] = norms
+            found.extend(full)
+            agree = _agreement(torch.stack(found), r)
+            todo = todo[agree[todo] < budget.agree] if budget.agree > 0 else todo
+    agreement[idx.cpu().numpy()] = _agreement(torch.stack(found), r).cpu().numpy()
+    out = x_adv.clone()
+    out[idx] = best
+    return out, agreement
+
+
+def _agreement(found: Tensor, r: Tensor) -> Tensor:
+    """(searches, rows) margins -> per row how many are within AGREE_RTOL of r."""
+    return (torch.isfinite(found) & (found <= r * (1 + AGREE_RTOL))).sum(0)

@@ -1,0 +1,166 @@
+"""Multi-start stage (margins/multistart.py) and the agreement column: closed-form and
+exact-MILP oracles, never worse than the base, the adaptive rule, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from marginbench.config import AttackConfig, attack_preset
+from marginbench.errors import MarginbenchError
+from marginbench.margins import build_estimator
+from marginbench.margins.base import EXACT_TOL
+from marginbench.margins.counting import CountingModel
+from marginbench.margins.multistart import MultiStart, Polish, multistart
+from marginbench.margins.verify import verify
+from marginbench.oracle import ORACLE_DIR, load_oracle
+
+K = 10
+SHAPE = (3, 4, 4)
+PRESET = "fab_polish_multistart"
+
+
+def preset(name: str, **options) -> AttackConfig:
+    cfg = attack_preset(name)
+    return AttackConfig(**{**cfg, "options": {**(cfg["options"] or {}), **options}})
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """A linear classifier and the 10 of 40 inputs farthest from a tie (margins ~1e-5 would
+    test float32 rounding, not the search); inputs far enough from 0 and 1 for the box not to bind."""
+    torch.manual_seed(3)
+    d = int(np.prod(SHAPE))
+    lin = nn.Linear(d, K)
+    with torch.no_grad():
+        lin.weight.normal_()
+        lin.bias.copy_(-0.5 * lin.weight.sum(1))
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    x = 0.4 + 0.2 * torch.rand(40, *SHAPE)
+    with torch.no_grad():
+        top2 = model(x).topk(2, dim=1).values
+    x = x[(top2[:, 0] - top2[:, 1]).argsort(descending=True)[:10]]
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, lin, x, y
+
+
+def closed_form(lin: nn.Linear, model: nn.Module, x, y, norm: str) -> tuple[np.ndarray, torch.Tensor]:
+    """Per sample min_j (f_y - f_j) / ||w_y - w_j||_q (q = 1 for Linf, 2 for L2) and the
+    perturbation that reaches it."""
+    W = lin.weight.detach().double()
+    with torch.no_grad():
+        f = model(x).double()
+    margins, deltas = [], []
+    for i in range(len(x)):
+        yi = int(y[i])
+        best = None
+        for j in range(K):
+            if j != yi:
+                w = W[j] - W[yi]
+                m = float((f[i, yi] - f[i, j]) / torch.linalg.vector_norm(w, ord=1 if norm == "Linf" else 2))
+                if best is None or m < best[0]:
+                    best = (m, (w.sign() if norm == "Linf" else w / w.norm()) * m)
+        margins.append(best[0])
+        deltas.append(best[1].reshape(SHAPE).float())
+    return np.array(margins), torch.stack(deltas)
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_linear_model_reaches_the_closed_form_from_a_loose_start(linear, norm):
+    model, lin, x, y = linear
+    exact, delta = closed_form(lin, model, x, y, norm)
+    loose = x + 1.6 * delta  # adversarial (the gap is linear along the ray), 60 % too large
+    out, agreement = multistart(model, x, loose, y, norm, MultiStart(targets=3), Polish())
+    margin, ok, _ = verify(model, x, out, y, norm)
+    assert ok.all()
+    ratio = margin / exact
+    assert (ratio >= 1 - 1e-4).all(), ratio  # never below the truth
+    assert (ratio <= 1.01).all(), ratio
+    # the loose start is 60 % off, so it agrees with nothing; the restarts towards the
+    # closest class land on the same margin
+    assert (agreement >= 1).all() and (agreement <= 3).all()
+
+
+def test_non_adversarial_rows_are_left_alone_and_not_charged(linear):
+    model, lin, x, y = linear
+    _, delta = closed_form(lin, model, x, y, "Linf")
+    start = x + 1.6 * delta
+    start[:3] = x[:3]
+    counting = CountingModel(model, len(x))
+    out, agreement = multistart(counting, x, start, y, "Linf", MultiStart(targets=2), Polish(rounds=2))
+    assert torch.equal(out[:3], x[:3])
+    assert (agreement[:3] == 0).all()
+    bwd = counting.backward_counts.numpy()
+    assert (bwd[:3] == 0).all() and (bwd[3:] > 0).all()
+
+
+def test_adaptive_rule_spends_more_rounds_only_where_searches_disagree(linear):
+    """One target, up to 3 rounds. The loose start agrees with nothing, so after round one a
+    sample has 1 agreeing search (the candidate) and after round two 2. With agree = 2 every
+    sample stops after round two; with agree = 0 all three rounds run."""
+    model, lin, x, y = linear
+    _, delta = closed_form(lin, model, x, y, "Linf")
+    start = x + 1.6 * delta
+    costs, agreements = {}, {}
+    for rounds, agree in ((1, 0), (3, 2), (3, 0)):
+        counting = CountingModel(model, len(x))
+        _, agreements[rounds, agree] = multistart(counting, x, start, y, "Linf",
+                                                  MultiStart(targets=1, rounds=rounds, agree=agree), Polish())
+        costs[rounds, agree] = counting.backward_counts.numpy()
+    assert (costs[1, 0] < costs[3, 2]).all() and (costs[3, 2] < costs[3, 0]).all()
+    assert (agreements[1, 0] == 1).all() and (agreements[3, 2] == 2).all()
+    assert ((agreements[3, 0] >= 2) & (agreements[3, 0] <= 3)).all()  # a third search may stop short
+
+
+def test_agreement_defaults_single_estimators_and_ensembles(linear):
+    model, _, x, y = linear
+    single = build_estimator(preset("fab_polish"), "Linf")(model, x, y)
+    assert (single.agreement == 1).all()
+    twins = AttackConfig(name="ensemble", members=["fmn", "fmn@again"], steps=100, restarts=1, refine=False,
+                         options={})
+    both = build_estimator(twins, "Linf")(model, x, y)
+    assert (both.agreement == 2).all()  # the same attack twice: identical margins
+
+
+def test_preset_is_never_worse_than_its_base_and_records_agreement(linear):
+    model, _, x, y = linear
+    base = build_estimator(preset("fab_polish"), "Linf")(model, x, y)
+    more = build_estimator(preset(PRESET), "Linf")(model, x, y)
+    assert (more.margin <= base.margin + 1e-7).all()
+    assert (more.agreement >= 1).all() and (more.agreement <= 1 + 9 * 4).all()
+    assert (more.n_backward > base.n_backward).all()
+
+
+def _oracle_check(net: str, rows: slice) -> None:
+    oracle = load_oracle(ORACLE_DIR / net)
+    x, table = oracle.images[rows], oracle.table.iloc[rows]
+    pred = torch.tensor(table["pred"].to_numpy())
+    exact, lower = table["margin"].to_numpy(), table["lower_bound"].to_numpy()
+    base = build_estimator(preset("fab_polish"), "Linf")(oracle.model, x, pred)
+    more = build_estimator(preset(PRESET), "Linf")(oracle.model, x, pred)
+    assert more.success.all()
+    assert (more.margin <= base.margin + 1e-7).all()
+    assert (more.margin >= lower - EXACT_TOL).all()  # an upper bound: never below the truth
+    within = lambda m: float(np.mean(m <= exact * 1.01))  # noqa: E731
+    assert within(more.margin) >= within(base.margin) + 0.1, (within(more.margin), within(base.margin))
+
+
+@pytest.mark.parametrize("net", ["mlp_std", "cnn_pgd"])
+def test_oracle_multistart_is_tighter_few(net):
+    _oracle_check(net, slice(0, 40))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", ["mlp_std", "cnn_pgd"])
+def test_oracle_multistart_is_tighter_all(net):
+    _oracle_check(net, slice(None))
+
+
+@pytest.mark.parametrize("options", [{"multistart_targets": 0}, {"multistart_steps": 0}, {"multistart_agree": -1}])
+def test_bad_multistart_options_are_one_line_errors(linear, options):
+    model, _, x, y = linear
+    with pytest.raises(MarginbenchError, match="multistart_targets and multistart_steps"):
+        build_estimator(preset(PRESET, **options), "Linf")(model, x, y)
