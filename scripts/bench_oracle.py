@@ -70,6 +70,7 @@ def bench_net(folder: Path, specs: list[str], batch: int) -> tuple[list[dict], p
         cpu = time.process_time() - cpu
         print(f"[oracle] {oracle.name} {label}: {time.perf_counter() - start:.1f}s wall, {cpu:.1f}s CPU", flush=True)
         per_sample[f"margin[{label}]"] = result.margin
+        per_sample[f"agreement[{label}]"] = result.agreement
         below = result.margin < lower - EXACT_TOL  # on every sample, exact or not
         row = {"oracle": oracle.name, "estimator": label,
                **score(result.margin[known], exact[known], lower[known]),
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--oracle", nargs="+", type=Path,
                    default=[ROOT / "results" / "oracle" / n for n in ("mlp_std", "cnn_pgd")])
-    p.add_argument("--estimators", nargs="+", default=["fab", "fab_polish", "fmn", "apgd_bisect", "fab_targeted", "fab_polish_ball_lite", "fab_polish_ball"])
+    p.add_argument("--estimators", nargs="+", default=["fab", "fab_polish", "fmn", "apgd_bisect", "fab_targeted", "fab_polish_multistart", "fab_polish_multistart_all"])
     p.add_argument("--batch-size", type=int, default=120)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "oracle_Linf.csv")

@@ -19,7 +19,7 @@ from marginbench.oracle import ORACLE_DIR, load_oracle
 
 K = 10
 SHAPE = (3, 4, 4)
-PRESET = "fab_polish_multistart"
+PRESET = "fab_polish_multistart_all"
 
 
 def preset(name: str, **options) -> AttackConfig:

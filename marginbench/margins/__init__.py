@@ -43,7 +43,7 @@ ESTIMATORS = {
 MEMBER_KEYS = ("steps", "restarts", "refine", "options")
 
 # configs/attack/<DEFAULT_ATTACK>.yaml is the estimator measured best (tightness vs cost)
-DEFAULT_ATTACK = "fab_polish_escalate"
+DEFAULT_ATTACK = "fab_polish_multistart"
 
 
 def _plain(value: Any) -> Any:
