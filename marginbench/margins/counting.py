@@ -97,6 +97,14 @@ class CountingModel(nn.Module):
         self.backward_counts.zero_()
 
 
+def charged_to(model: nn.Module, index: Tensor):
+    """``model.subset(index)`` when ``model`` counts passes, else a no-op: helpers that also
+    run on a bare model (tests, scripts) announce their rows the same way."""
+    if isinstance(model, CountingModel):
+        return model.subset(index)
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def frozen_parameters(model: nn.Module) -> Iterator[None]:
     """Attacks need gradients w.r.t. the input only: skip the weight gradients.

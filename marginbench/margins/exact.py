@@ -8,7 +8,7 @@ a mixed-integer linear program once every ReLU gets the usual big-M encoding (on
 ReLU whose sign is not fixed on the search box). HiGHS solves it (highspy; ``options.solver:
 scipy`` uses ``scipy.optimize.milp``, 2-2.5x slower here because its primal heuristics and
 threads cannot be switched off). The search box is the L-inf ball of radius r, the margin
-the default estimator (fab_polish) found and verified, intersected with [0,1]: the true
+the fast estimator (fab_polish) found and verified, intersected with [0,1]: the true
 margin is at most r, so nothing is lost, and a small box means small big-M constants.
 
 Pre-activation bounds on that box come from a backward linear relaxation (CROWN: each
@@ -48,7 +48,7 @@ from marginbench.margins.verify import verify
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.AvgPool2d)
 SUPPORTED_NAMES = "Linear, Conv2d, ReLU, Flatten, AvgPool2d"
-# configs/attack/fab_polish.yaml (the default estimator): its verified margin is the MILP's
+# configs/attack/fab_polish.yaml (the fast preset): its verified margin is the MILP's
 # box radius and its point the fallback. tests/test_exact.py checks the two agree.
 UPPER_ATTACK = {
     "name": "fab", "steps": 20, "restarts": 3, "refine": True,
@@ -530,7 +530,7 @@ def _options(spec: AttackSpec) -> tuple[float, str, str]:
 
 
 def upper_bounds(counting: CountingModel, x: Tensor, y_pred: Tensor, seed: int) -> MarginBatch:
-    """The default estimator's verified margins, charged to ``counting``'s samples."""
+    """fab_polish's verified margins, charged to ``counting``'s samples."""
     from marginbench.margins import build_estimator  # the registry imports this module
 
     cfg = copy.deepcopy(UPPER_ATTACK)

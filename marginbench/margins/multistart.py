@@ -23,7 +23,6 @@ What, per sample with a verified adversarial of norm r (others are left alone):
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -32,7 +31,7 @@ import torch
 from pyautoattack.fab_pt import FABAttack_PT
 from torch import Tensor, nn
 
-from marginbench.margins.counting import CountingModel
+from marginbench.margins.counting import charged_to
 from marginbench.margins.refine import line_search, shrink
 from marginbench.margins.verify import is_adversarial, lp_norm
 
@@ -65,11 +64,6 @@ class MultiStart:
     seed: int = 0
 
 
-def _subset(model: nn.Module, index: Tensor):
-    if isinstance(model, CountingModel):
-        return model.subset(index)
-    return contextlib.nullcontext()
-
 
 def _radius_groups(r: Tensor) -> list[tuple[float, Tensor]]:
     """Rows grouped by the power of 2 just above 2 r: (eps, rows) per group."""
@@ -101,7 +95,7 @@ def _round(model: nn.Module, x: Tensor, y: Tensor, best: Tensor, r: Tensor, norm
     n_targets = max(1, min(budget.targets, n_classes - 1))
     norms = torch.full((n_targets, x.shape[0]), math.inf, dtype=torch.float64, device=x.device)
     for eps, rows in _radius_groups(r):
-        with _subset(model, rows):
+        with charged_to(model, rows):
             for t in range(n_targets):
                 cand = _candidate(model, x[rows], y[rows], norm, eps, t + 2, budget.steps, n_classes, polish)
                 flipped = is_adversarial(model, cand, y[rows])
@@ -124,7 +118,7 @@ def multistart(model: nn.Module, x: Tensor, x_adv: Tensor, y_pred: Tensor, norm:
     if idx.numel() == 0:
         return x_adv, agreement
     xs, ys, best = x[idx], y_pred[idx], x_adv[idx].clone()
-    with _subset(model, idx), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+    with charged_to(model, idx), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(budget.seed)
         with torch.no_grad():
             n_classes = int(model(xs[:1]).shape[1])
@@ -135,7 +129,7 @@ def multistart(model: nn.Module, x: Tensor, x_adv: Tensor, y_pred: Tensor, norm:
             if todo.numel() == 0:
                 break
             sub_best, sub_r = best[todo], r[todo]
-            with _subset(model, todo):
+            with charged_to(model, todo):
                 norms = _round(model, xs[todo], ys[todo], sub_best, sub_r, norm, budget, n_classes, polish)
             best[todo], r[todo] = sub_best, sub_r
             full = torch.full((norms.shape[0], idx.numel()), math.inf, dtype=torch.float64, device=x.device)

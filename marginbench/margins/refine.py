@@ -9,19 +9,11 @@ Cost: ``steps`` forward passes per refined sample (no gradients).
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
-from marginbench.margins.counting import CountingModel
+from marginbench.margins.counting import charged_to
 from marginbench.margins.verify import is_adversarial, lp_norm
-
-
-def _subset(model: nn.Module, index: Tensor):
-    if isinstance(model, CountingModel):
-        return model.subset(index)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -44,7 +36,7 @@ def line_search(
     lo = torch.zeros(idx.numel(), device=x.device, dtype=x.dtype)
     hi = torch.ones_like(lo)
     best = x_adv[idx].clone()
-    with _subset(model, idx):
+    with charged_to(model, idx):
         for _ in range(steps):
             t = (lo + hi) / 2
             cand = (xs + t.view(view) * delta).clamp_(0.0, 1.0)
@@ -90,7 +82,7 @@ def _pgd_in_ball(model: nn.Module, xs: Tensor, ys: Tensor, start: Tensor, radius
     live = torch.arange(xs.shape[0], device=xs.device)  # rows still searching
     for s in range(steps + 1):
         need_grad = s < steps
-        with _subset(model, live), torch.enable_grad():
+        with charged_to(model, live), torch.enable_grad():
             z.requires_grad_(need_grad)
             gap = _runner_up_gap(model(z), ys[live])
             grad = torch.autograd.grad(gap.sum(), z)[0] if need_grad else None
@@ -137,7 +129,7 @@ def shrink(
     xs, ys, best = x[idx], y_pred[idx], x_adv[idx].clone()
     r = lp_norm(best - xs, norm).to(device=x.device, dtype=x.dtype)
     rho_t = torch.full_like(r, float(rho))
-    with _subset(model, idx):
+    with charged_to(model, idx):
         for _ in range(rounds):
             # a sample whose shrink factor fell below min_rho has converged: asking for
             # a < min_rho smaller ball is not worth its passes
@@ -145,7 +137,7 @@ def shrink(
             if todo.numel() == 0:
                 break
             target = r[todo] * (1 - rho_t[todo])
-            with _subset(model, todo):
+            with charged_to(model, todo):
                 found_pt, found = _pgd_in_ball(model, xs[todo], ys[todo], best[todo], target, norm, steps)
             new_r = lp_norm(found_pt - xs[todo], norm).to(device=x.device, dtype=x.dtype)
             better = found & (new_r < r[todo])
