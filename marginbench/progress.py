@@ -53,12 +53,13 @@ def budget_passes(spec: Any, n_classes: int) -> float:
         passes = steps * 2 * int(opts.get("search_steps", 10))
     else:  # one gradient per step: fmn, ddn, alma
         passes = steps * 2
-    passes += spec.polish_rounds * spec.polish_steps  # ~half of its 2 passes per step
+    # polish (~half of its 2 passes per step) and bisection, also paid by every multi-start candidate
     finish = spec.polish_rounds * spec.polish_steps + (spec.refine_steps if spec.refine else 0)
+    passes += finish
     starts = spec.multistart
     if starts is not None:  # one round, each candidate: targeted FAB (~3 passes a step) + finish
         passes += min(starts.targets, n_classes - 1) * (3 * starts.steps + finish)
-    return float(passes + (spec.refine_steps if spec.refine else 0) + 2)
+    return float(passes + 2)
 
 
 def in_batch_share(fraction: float) -> float:

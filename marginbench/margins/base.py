@@ -257,6 +257,9 @@ class Estimator:
         self.norm = norm
         self.fn = fn
         self.name = label or spec.name
+        # parsed (and its options checked) here: build_estimator runs in settings.validate,
+        # so a bad multistart_* option fails before any model is loaded or attacked
+        self.starts = spec.multistart
 
     def __repr__(self) -> str:
         s = self.spec
@@ -275,9 +278,8 @@ class Estimator:
         if spec.refine:
             candidates.append(line_search(counting, x, candidates[-1], y_pred, steps=spec.refine_steps))
         agreement = None
-        starts = spec.multistart
-        if starts is not None:
-            point, agreement = multistart(counting, x, candidates[-1], y_pred, norm, starts, spec.polish)
+        if self.starts is not None:
+            point, agreement = multistart(counting, x, candidates[-1], y_pred, norm, self.starts, spec.polish)
             candidates.append(point)
         last = candidates[-1]
         margin, success, x_adv = verify(counting, x, last, y_pred, norm)

@@ -1,6 +1,6 @@
 """Ensembles: run several estimators and keep, per sample, the smallest verified margin.
 
-Per sample, ``agreement`` counts the members whose margin is within 1 % (AGREE_RTOL) of
+Per sample, ``agreement`` counts the members whose margin is within 1 % (multistart.AGREE_RTOL) of
 that minimum: independent searches that land on the same margin are evidence (not proof)
 that it is not a lone local optimum."""
 
@@ -20,7 +20,7 @@ from marginbench.margins.base import (
     settle_status,
 )
 from marginbench.margins.counting import CountingModel, frozen_parameters
-from marginbench.margins.multistart import AGREE_RTOL
+from marginbench.margins.multistart import agreement_count
 
 
 class Ensemble:
@@ -59,7 +59,7 @@ class Ensemble:
         found_by = np.where(success, found_by, "").astype(str)
         x_adv = torch.stack([r.x_adv for r in results])[torch.as_tensor(winner), torch.as_tensor(rows)]
         margin = np.where(success, margin, np.inf).astype(np.float64)
-        agreement = agreeing(margins, margin)
+        agreement = agreement_count(torch.from_numpy(margins), torch.from_numpy(margin)).numpy().astype(np.int64)
         # every member's lower bound is certified, so the largest holds (attacks give 0)
         lower = np.minimum(np.max([r.lower_bound for r in results], axis=0), margin)
         certified = np.any([r.status != "attack" for r in results], axis=0)
@@ -76,8 +76,3 @@ class Ensemble:
             agreement=agreement,
         )
 
-
-def agreeing(member_margins: np.ndarray, margin: np.ndarray) -> np.ndarray:
-    """Per sample (columns), how many members (rows) are within AGREE_RTOL of ``margin``."""
-    close = np.isfinite(member_margins) & (member_margins <= margin * (1 + AGREE_RTOL))
-    return close.sum(axis=0).astype(np.int64)

@@ -135,14 +135,15 @@ def multistart(model: nn.Module, x: Tensor, x_adv: Tensor, y_pred: Tensor, norm:
             full = torch.full((norms.shape[0], idx.numel()), math.inf, dtype=torch.float64, device=x.device)
             full[:, todo] = norms
             found.extend(full)
-            agree = _agreement(torch.stack(found), r)
+            agree = agreement_count(torch.stack(found), r)
             todo = todo[agree[todo] < budget.agree] if budget.agree > 0 else todo
-    agreement[idx.cpu().numpy()] = _agreement(torch.stack(found), r).cpu().numpy()
+    agreement[idx.cpu().numpy()] = agreement_count(torch.stack(found), r).cpu().numpy()
     out = x_adv.clone()
     out[idx] = best
     return out, agreement
 
 
-def _agreement(found: Tensor, r: Tensor) -> Tensor:
-    """(searches, rows) margins -> per row how many are within AGREE_RTOL of r."""
+def agreement_count(found: Tensor, r: Tensor) -> Tensor:
+    """(searches, rows) margins -> per row how many are within AGREE_RTOL of r (also the
+    ensemble's count of agreeing members)."""
     return (torch.isfinite(found) & (found <= r * (1 + AGREE_RTOL))).sum(0)
