@@ -9,6 +9,9 @@ MARGINS_VERSION = 4  # 2: boundary points failing verification by rounding are b
 # 3: per-sample "escalated" (attack families tried on samples the estimator left unbroken),
 # "lower_bound" and "status" (certified by attack=exact; 0 and "attack" for attacks)
 # 4: per-sample "agreement" (searches within 1 % of the margin: multistart.py, ensemble.py)
+# The multi-start stage's own version, in the margins key of multi-start estimators only (a
+# MARGINS_VERSION bump would also retire every other estimator's margins, the demo's included).
+MULTISTART_VERSION = 2  # 2: candidates skip the class the best point already lands in
 OUTPUTS_VERSION = 1
 PSEUDO_VERSION = 1
 SCORES_VERSION = 1

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--oracle", nargs="+", type=Path,
                    default=[ROOT / "results" / "oracle" / n for n in ("mlp_std", "cnn_pgd")])
-    p.add_argument("--estimators", nargs="+", default=["fab", "fab_polish", "fmn", "apgd_bisect", "fab_targeted", "fab_polish_multistart", "fab_polish_multistart_all"])
+    p.add_argument("--estimators", nargs="+", default=["fab", "fab_polish", "fmn", "apgd_bisect", "fab_targeted", "fab_polish_multistart", "fab_topk_multistart", "fab_polish_multistart_all"])
     p.add_argument("--batch-size", type=int, default=120)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "oracle_Linf.csv")

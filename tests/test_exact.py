@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTACK_DIR = ROOT / "configs" / "attack"
 ORACLES = sorted(ARCHITECTURES)
 # estimators whose verified margins the exact ones must never exceed
-ESTIMATOR_PRESETS = ("fab", "fab_polish", "fab_polish_multistart", "fmn", "apgd_bisect")
+ESTIMATOR_PRESETS = ("fab", "fab_polish", "fab_polish_multistart", "fab_topk_multistart", "fmn", "apgd_bisect")
 
 
 def preset(name: str, **options) -> AttackConfig:

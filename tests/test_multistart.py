@@ -13,9 +13,12 @@ from marginbench.errors import MarginbenchError
 from marginbench.margins import build_estimator
 from marginbench.margins.base import EXACT_TOL
 from marginbench.margins.counting import CountingModel
-from marginbench.margins.multistart import MultiStart, Polish, multistart
+from marginbench.margins import DEFAULT_ATTACK
+from marginbench.margins.multistart import MultiStart, Polish, multistart, target_classes
 from marginbench.margins.verify import verify
 from marginbench.oracle import ORACLE_DIR, load_oracle
+from marginbench.stages.margins import MarginParams
+from marginbench.versions import MULTISTART_VERSION
 
 K = 10
 SHAPE = (3, 4, 4)
@@ -73,15 +76,16 @@ def test_linear_model_reaches_the_closed_form_from_a_loose_start(linear, norm):
     model, lin, x, y = linear
     exact, delta = closed_form(lin, model, x, y, norm)
     loose = x + 1.6 * delta  # adversarial (the gap is linear along the ray), 60 % too large
-    out, agreement = multistart(model, x, loose, y, norm, MultiStart(targets=3), Polish())
+    # every runner-up class: the loose start's own (closest) class is searched last
+    out, agreement = multistart(model, x, loose, y, norm, MultiStart(targets=K - 1), Polish())
     margin, ok, _ = verify(model, x, out, y, norm)
     assert ok.all()
     ratio = margin / exact
     assert (ratio >= 1 - 1e-4).all(), ratio  # never below the truth
     assert (ratio <= 1.01).all(), ratio
-    # the loose start is 60 % off, so it agrees with nothing; the restarts towards the
-    # closest class land on the same margin
-    assert (agreement >= 1).all() and (agreement <= 3).all()
+    # the loose start is 60 % off, so it agrees with nothing; the search towards the
+    # closest class lands on the margin (others may land within 1 % of it too)
+    assert (agreement >= 1).all() and (agreement <= K - 1).all()
 
 
 def test_non_adversarial_rows_are_left_alone_and_not_charged(linear):
@@ -98,9 +102,10 @@ def test_non_adversarial_rows_are_left_alone_and_not_charged(linear):
 
 
 def test_adaptive_rule_spends_more_rounds_only_where_searches_disagree(linear):
-    """One target, up to 3 rounds. The loose start agrees with nothing, so after round one a
-    sample has 1 agreeing search (the candidate) and after round two 2. With agree = 2 every
-    sample stops after round two; with agree = 0 all three rounds run."""
+    """Every runner-up class, up to 3 rounds, from a loose start that agrees with nothing.
+    Each round's search towards the closest class lands on the margin, so with agree = 2 a
+    sample stops after round one if two searches already agree there, else after round two;
+    with agree = 0 all three rounds run."""
     model, lin, x, y = linear
     _, delta = closed_form(lin, model, x, y, "Linf")
     start = x + 1.6 * delta
@@ -108,11 +113,14 @@ def test_adaptive_rule_spends_more_rounds_only_where_searches_disagree(linear):
     for rounds, agree in ((1, 0), (3, 2), (3, 0)):
         counting = CountingModel(model, len(x))
         _, agreements[rounds, agree] = multistart(counting, x, start, y, "Linf",
-                                                  MultiStart(targets=1, rounds=rounds, agree=agree), Polish())
+                                                  MultiStart(targets=K - 1, rounds=rounds, agree=agree), Polish())
         costs[rounds, agree] = counting.backward_counts.numpy()
-    assert (costs[1, 0] < costs[3, 2]).all() and (costs[3, 2] < costs[3, 0]).all()
-    assert (agreements[1, 0] == 1).all() and (agreements[3, 2] == 2).all()
-    assert ((agreements[3, 0] >= 2) & (agreements[3, 0] <= 3)).all()  # a third search may stop short
+    settled = agreements[1, 0] >= 2  # two searches agreed in round one: no second round
+    assert (~settled).any()
+    assert (costs[3, 2][settled] == costs[1, 0][settled]).all()
+    assert (costs[3, 2][~settled] > costs[1, 0][~settled]).all()
+    assert (costs[3, 0] > costs[3, 2]).all()  # nobody needed round three
+    assert (agreements[3, 2] >= 2).all() and (agreements[3, 0] >= agreements[3, 2]).all()
 
 
 def test_agreement_defaults_single_estimators_and_ensembles(linear):
@@ -134,7 +142,7 @@ def test_preset_is_never_worse_than_its_base_and_records_agreement(linear):
     assert (more.n_backward > base.n_backward).all()
 
 
-def _oracle_check(net: str, rows: slice) -> None:
+def _oracle_check(net: str, rows: slice, min_gain: float) -> None:
     oracle = load_oracle(ORACLE_DIR / net)
     x, table = oracle.images[rows], oracle.table.iloc[rows]
     pred = torch.tensor(table["pred"].to_numpy())
@@ -145,18 +153,18 @@ def _oracle_check(net: str, rows: slice) -> None:
     assert (more.margin <= base.margin + 1e-7).all()
     assert (more.margin >= lower - EXACT_TOL).all()  # an upper bound: never below the truth
     within = lambda m: float(np.mean(m <= exact * 1.01))  # noqa: E731
-    assert within(more.margin) >= within(base.margin) + 0.1, (within(more.margin), within(base.margin))
+    assert within(more.margin) >= within(base.margin) + min_gain, (within(more.margin), within(base.margin))
 
 
 @pytest.mark.parametrize("net", ["mlp_std", "cnn_pgd"])
 def test_oracle_multistart_is_tighter_few(net):
-    _oracle_check(net, slice(0, 40))
+    _oracle_check(net, slice(0, 40), min_gain=0.05)  # 40 samples: 2 of them
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("net", ["mlp_std", "cnn_pgd"])
 def test_oracle_multistart_is_tighter_all(net):
-    _oracle_check(net, slice(None))
+    _oracle_check(net, slice(None), min_gain=0.1)
 
 
 @pytest.mark.parametrize("options", [{"multistart_targets": 0}, {"multistart_steps": 0}, {"multistart_agree": -1}])
@@ -164,3 +172,25 @@ def test_bad_multistart_options_are_one_line_errors(options):
     # at build time (settings.validate builds the estimator before any model is loaded)
     with pytest.raises(MarginbenchError, match="multistart_targets and multistart_steps"):
         build_estimator(preset(PRESET, **options), "Linf")
+
+
+def test_targets_are_runner_ups_by_logit_with_the_landed_class_last(linear):
+    model, lin, x, y = linear
+    _, delta = closed_form(lin, model, x, y, "Linf")
+    best = x + 1.6 * delta  # lands in each row's closest class
+    with torch.no_grad():
+        logits, landed = model(x), model(best).argmax(1)
+    targets = target_classes(model, x, y, best, K - 1)
+    for i in range(len(x)):
+        others = [int(j) for j in logits[i].argsort(descending=True) if j not in (y[i], landed[i])]
+        assert targets[i].tolist() == others + [int(landed[i])]
+    assert torch.equal(target_classes(model, x, y, best, 2), targets[:, :2])
+
+
+def test_only_multistart_estimators_carry_the_multistart_version_in_their_margins_key():
+    def key(name: str) -> dict:
+        return MarginParams(attack=dict(attack_preset(name)), norm="Linf", seed=0).key_params()
+
+    assert key(DEFAULT_ATTACK)["multistart_version"] == MULTISTART_VERSION
+    assert "multistart_version" not in key("fab_polish_escalate")  # the demo's margins keep their key
+    assert "multistart_version" not in key("fab")

@@ -9,7 +9,8 @@ measured in README "Exact margins and the oracle benchmark".
 
 What, per sample with a verified adversarial of norm r (others are left alone):
 
-- a *round* runs, for each of the ``targets`` strongest runner-up classes at x, one
+- a *round* runs, for each of the ``targets`` strongest runner-up classes at x (the class
+  the best point already lands in counted last: ``target_classes``), one
   targeted pyautoattack FAB run of ``steps`` iterations from a random start at radius ~r
   (FAB's own random start, radius eps/2 with eps = 2 r rounded up to a power of 2 so that
   samples of similar margins share a call), then polish (refine.shrink) and bisection
@@ -71,21 +72,48 @@ def _radius_groups(r: Tensor) -> list[tuple[float, Tensor]]:
     return [(float(2.0 ** int(e)), (exps == e).nonzero().squeeze(1)) for e in torch.unique(exps)]
 
 
-def _candidate(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, target_rank: int,
+class _RowTargetFAB(FABAttack_PT):
+    """pyautoattack's targeted FAB with one target *class per row*: FAB itself takes one
+    logit rank for the whole batch (``target_class``), which cannot skip, per sample, the
+    class the best point already lands in. Everything else is FAB's own iteration."""
+
+    def __init__(self, *args, row_targets: Tensor, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.row_targets = row_targets
+        self.target_class = 2  # FAB reads it to rank classes at x; row_targets replaces that rank
+
+    def get_diff_logits_grads_batch_targeted(self, imgs, la, la_target):
+        return super().get_diff_logits_grads_batch_targeted(imgs, la, self.row_targets)
+
+
+def _candidate(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, target: Tensor,
                steps: int, n_classes: int, polish: Polish) -> Tensor:
-    """One targeted FAB run from a random start at radius eps/2, polished and bisected.
+    """One targeted FAB run towards ``target`` (a class per row) from a random start at
+    radius eps/2, polished and bisected.
 
     Every candidate is polished: FAB's own point is usually far (> 30 %) above the margin
     the polish then reaches, and polishing only the points within 1.3x of the best margin
     lost 7 points of "within 1 % of exact" on the oracle (86 % -> 79 %)."""
-    fab = FABAttack_PT(model, norm=norm, n_restarts=1, n_iter=steps, eps=eps, seed=0, targeted=True,
-                       n_target_classes=n_classes - 1, device=x.device, verbose=False)
-    fab.target_class = target_rank  # FAB ranks by the logits at x: 2 = the strongest runner-up
+    fab = _RowTargetFAB(model, norm=norm, n_restarts=1, n_iter=steps, eps=eps, seed=0, targeted=True,
+                        n_target_classes=n_classes - 1, device=x.device, verbose=False, row_targets=target)
     with torch.no_grad():
         point = fab.attack_single_run(x.clone(), y.clone(), use_rand_start=True, is_targeted=True)
     point = shrink(model, x, point, y, norm, rounds=polish.rounds, steps=polish.steps,
                    rho=polish.rho, min_rho=polish.min_rho)
     return line_search(model, x, point, y, steps=polish.refine_steps)
+
+
+@torch.no_grad()
+def target_classes(model: nn.Module, x: Tensor, y: Tensor, best: Tensor, n: int) -> Tensor:
+    """(rows, n) classes to search towards: the runner-up classes at x by logit, except that
+    the class the best point already lands in comes last. Why: a targeted search towards it
+    mostly finds the same point again; on the oracle, skipping it took one candidate from
+    72.5 % to 76.2 % within 1 % of exact (README "Exact margins and the oracle benchmark")."""
+    logits = model(x)
+    logits.scatter_(1, y.unsqueeze(1), -math.inf)  # never the predicted class itself
+    landed = model(best).argmax(1)
+    logits.scatter_(1, landed.unsqueeze(1), torch.finfo(logits.dtype).min)  # last of the runner-ups
+    return logits.argsort(1, descending=True)[:, :n]
 
 
 def _round(model: nn.Module, x: Tensor, y: Tensor, best: Tensor, r: Tensor, norm: str, budget: MultiStart,
@@ -94,10 +122,11 @@ def _round(model: nn.Module, x: Tensor, y: Tensor, best: Tensor, r: Tensor, norm
     (+inf where a candidate does not flip the prediction) and updates best / r in place."""
     n_targets = max(1, min(budget.targets, n_classes - 1))
     norms = torch.full((n_targets, x.shape[0]), math.inf, dtype=torch.float64, device=x.device)
+    targets = target_classes(model, x, y, best, n_targets)
     for eps, rows in _radius_groups(r):
         with charged_to(model, rows):
             for t in range(n_targets):
-                cand = _candidate(model, x[rows], y[rows], norm, eps, t + 2, budget.steps, n_classes, polish)
+                cand = _candidate(model, x[rows], y[rows], norm, eps, targets[rows, t], budget.steps, n_classes, polish)
                 flipped = is_adversarial(model, cand, y[rows])
                 size = lp_norm(cand - x[rows], norm).to(x.device).double()
                 size = torch.where(flipped & (size > 0), size, torch.full_like(size, math.inf))

@@ -23,7 +23,7 @@ from marginbench.errors import MarginbenchError
 from marginbench.models.handle import LazyModel
 from marginbench.progress import PassProgress, attach, estimator_budget, progress_bar
 from marginbench.stages import Execution
-from marginbench.versions import MARGINS_VERSION
+from marginbench.versions import MARGINS_VERSION, MULTISTART_VERSION
 
 log = logging.getLogger("marginbench")
 
@@ -49,6 +49,9 @@ class MarginParams:
         attack = dict(self.attack)
         if not attack.get("escalate"):  # no escalation: the keys of runs before it existed
             attack.pop("escalate", None)
+        if (attack.get("options") or {}).get("multistart_rounds"):
+            # only multi-start estimators changed with it: other estimators keep their keys
+            attack["multistart_version"] = MULTISTART_VERSION
         return {**attack, "norm": self.norm, "seed": self.seed}
 
 
