@@ -53,8 +53,10 @@ def budget_passes(spec: Any, n_classes: int) -> float:
         passes = steps * 2 * int(opts.get("search_steps", 10))
     else:  # one gradient per step: fmn, ddn, alma
         passes = steps * 2
-    # polish (~half of its 2 passes per step) and bisection, also paid by every multi-start candidate
-    finish = spec.polish_rounds * spec.polish_steps + (spec.refine_steps if spec.refine else 0)
+    # polish (~half of its 2 passes per step), projection (3 steps x 2 classes x 3 passes per
+    # round, stopping early: counted once) and bisection, also paid by every multi-start candidate
+    finish = (spec.polish_rounds * spec.polish_steps + (18 if spec.polish_project > 0 else 0)
+              + (spec.refine_steps if spec.refine else 0))
     passes += finish
     starts = spec.multistart
     if starts is not None:  # one round, each candidate: targeted FAB (~3 passes a step) + finish

@@ -22,11 +22,11 @@ from torch import Tensor, nn
 from marginbench.errors import MarginbenchError
 from marginbench.margins.counting import CountingModel, frozen_parameters
 from marginbench.margins.multistart import MultiStart, Polish, multistart
-from marginbench.margins.refine import line_search, shrink
+from marginbench.margins.refine import line_search, project, shrink
 from marginbench.margins.verify import NORMS, verify
 
 # options consumed by marginbench itself, never passed on to a library call
-OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho",
+OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho", "polish_project",
                "multistart_rounds", "multistart_targets", "multistart_steps", "multistart_agree")
 # Perturbation scalings tried when a point fails verification only by rounding (see _run).
 BACKOFF_FACTORS = (1.001, 1.01)
@@ -163,10 +163,16 @@ class AttackSpec:
         return float(self.options.get("polish_min_rho", 0.0))
 
     @property
+    def polish_project(self) -> int:
+        """Rounds of refine.project after the polish (0: none)."""
+        return int(self.options.get("polish_project", 0))
+
+    @property
     def polish(self) -> Polish:
         """This estimator's polish and bisection budget (for the multi-start candidates)."""
         return Polish(rounds=self.polish_rounds, steps=self.polish_steps, rho=self.polish_rho,
-                      min_rho=self.polish_min_rho, refine_steps=self.refine_steps)
+                      min_rho=self.polish_min_rho, refine_steps=self.refine_steps,
+                      project_rounds=self.polish_project)
 
     @property
     def multistart(self) -> MultiStart | None:
@@ -275,6 +281,8 @@ class Estimator:
                 counting, x, candidates[-1], y_pred, norm, rounds=spec.polish_rounds,
                 steps=spec.polish_steps, rho=spec.polish_rho, min_rho=spec.polish_min_rho,
             ))
+        if spec.polish_project > 0:
+            candidates.append(project(counting, x, candidates[-1], y_pred, norm, rounds=spec.polish_project))
         if spec.refine:
             candidates.append(line_search(counting, x, candidates[-1], y_pred, steps=spec.refine_steps))
         agreement = None

@@ -33,7 +33,7 @@ from pyautoattack.fab_pt import FABAttack_PT
 from torch import Tensor, nn
 
 from marginbench.margins.counting import charged_to
-from marginbench.margins.refine import line_search, shrink
+from marginbench.margins.refine import line_search, project, shrink
 from marginbench.margins.verify import is_adversarial, lp_norm
 
 AGREE_RTOL = 0.01  # two margins "agree" when within 1 % (README: margin_agreement)
@@ -52,6 +52,7 @@ class Polish:
     rho: float = 0.05
     min_rho: float = 0.0
     refine_steps: int = 10
+    project_rounds: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ def _candidate(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, ta
         point = fab.attack_single_run(x.clone(), y.clone(), use_rand_start=True, is_targeted=True)
     point = shrink(model, x, point, y, norm, rounds=polish.rounds, steps=polish.steps,
                    rho=polish.rho, min_rho=polish.min_rho)
+    if polish.project_rounds > 0:
+        point = project(model, x, point, y, norm, rounds=polish.project_rounds)
     return line_search(model, x, point, y, steps=polish.refine_steps)
 
 
