@@ -10,10 +10,9 @@ from torch import nn
 
 from marginbench.config import AttackConfig, attack_preset
 from marginbench.errors import MarginbenchError
-from marginbench.margins import build_estimator
+from marginbench.margins import DEFAULT_ATTACK, build_estimator
 from marginbench.margins.base import EXACT_TOL
 from marginbench.margins.counting import CountingModel
-from marginbench.margins import DEFAULT_ATTACK
 from marginbench.margins.multistart import MultiStart, Polish, multistart, target_classes
 from marginbench.margins.verify import verify
 from marginbench.oracle import ORACLE_DIR, load_oracle
