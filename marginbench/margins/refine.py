@@ -108,6 +108,17 @@ def _pgd_in_ball(model: nn.Module, xs: Tensor, ys: Tensor, start: Tensor, radius
     return out, found
 
 
+def _adversarial_rows(model: nn.Module, x: Tensor, x_adv: Tensor, y_pred: Tensor, norm: str,
+                      adversarial: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The rows whose ``x_adv`` flips the prediction (one forward pass unless ``adversarial``
+    says): their indices, inputs, labels, a copy of their points and those points' norms."""
+    if adversarial is None:
+        adversarial = is_adversarial(model, x_adv, y_pred)
+    idx = adversarial.nonzero().squeeze(1)
+    best = x_adv[idx].clone()
+    return idx, x[idx], y_pred[idx], best, lp_norm(best - x[idx], norm).to(device=x.device, dtype=x.dtype)
+
+
 def shrink(
     model: nn.Module, x: Tensor, x_adv: Tensor, y_pred: Tensor, norm: str,
     rounds: int = 8, steps: int = 5, rho: float = 0.05, min_rho: float = 0.0,
@@ -123,14 +134,10 @@ def shrink(
     ``steps`` forward + backward passes and one forward pass; a sample stops at its first
     success.
     """
-    if adversarial is None:
-        adversarial = is_adversarial(model, x_adv, y_pred)
-    idx = adversarial.nonzero().squeeze(1)
+    idx, xs, ys, best, r = _adversarial_rows(model, x, x_adv, y_pred, norm, adversarial)
     if idx.numel() == 0 or rounds <= 0:
         return x_adv
     view = (-1,) + (1,) * (x.ndim - 1)
-    xs, ys, best = x[idx], y_pred[idx], x_adv[idx].clone()
-    r = lp_norm(best - xs, norm).to(device=x.device, dtype=x.dtype)
     rho_t = torch.full_like(r, float(rho))
     with charged_to(model, idx):
         for _ in range(rounds):
@@ -187,14 +194,10 @@ def project(
     best point while any sample improves. Cost per round and sample: ``classes * steps``
     forward + backward passes and as many forward passes. Never worse than the input.
     """
-    if adversarial is None:
-        adversarial = is_adversarial(model, x_adv, y_pred)
-    idx = adversarial.nonzero().squeeze(1)
+    idx, xs, ys, best, r = _adversarial_rows(model, x, x_adv, y_pred, norm, adversarial)
     if idx.numel() == 0 or rounds <= 0:
         return x_adv
     view = (-1,) + (1,) * (x.ndim - 1)
-    xs, ys, best = x[idx], y_pred[idx], x_adv[idx].clone()
-    r = lp_norm(best - xs, norm).to(device=x.device, dtype=x.dtype)
     with charged_to(model, idx):
         for _ in range(rounds):
             improved = torch.zeros_like(r, dtype=torch.bool)
