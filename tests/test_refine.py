@@ -10,7 +10,7 @@ import torch
 from test_multistart import closed_form, linear  # noqa: F401  (linear is a fixture)
 
 from marginbench.margins.counting import CountingModel
-from marginbench.margins.refine import project
+from marginbench.margins.refine import project, shrink
 from marginbench.margins.verify import verify
 from marginbench.oracle import ORACLE_DIR, load_oracle
 
@@ -60,3 +60,9 @@ def test_never_worse_and_leaves_non_adversarial_rows_alone():
     assert (ok_after == ok_before).all()
     assert (after[ok_before] <= before[ok_before] + 1e-7).all()
     assert np.any(after[ok_before] < 0.9 * before[ok_before])  # and it does move points
+
+
+@pytest.mark.parametrize("refiner", [shrink, project])
+def test_no_adversarial_rows_is_a_no_op(linear, refiner):  # noqa: F811
+    model, _, x, y = linear
+    assert torch.equal(refiner(model, x, x.clone(), y, "Linf"), x)

@@ -18,7 +18,9 @@ NORMS = ("Linf", "L2")
 
 def lp_norm(delta: Tensor, norm: str) -> Tensor:
     """Per-sample Lp norm of a (B, ...) tensor, computed in float64."""
-    flat = delta.detach().reshape(delta.shape[0], -1).double()
+    # flatten(1), not reshape(B, -1): a batch with no rows left (every sample already done)
+    # must give an empty result, not an error
+    flat = delta.detach().flatten(1).double()
     if norm == "Linf":
         return flat.abs().amax(dim=1) if flat.shape[1] else torch.zeros(flat.shape[0], dtype=torch.float64)
     if norm == "L2":
@@ -57,7 +59,7 @@ def verify(
     if x_adv.shape != x.shape:
         raise ValueError(f"x_adv has shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
     x_adv = x_adv.detach().to(device=x.device, dtype=x.dtype)
-    flat = x_adv.reshape(x.shape[0], -1)
+    flat = x_adv.flatten(1)
     in_box = torch.isfinite(flat).all(dim=1) & (flat >= 0).all(dim=1) & (flat <= 1).all(dim=1)
     safe = torch.where(in_box.view(-1, *[1] * (x.ndim - 1)), x_adv, x)
     flips = is_adversarial(model, safe, y_pred)
