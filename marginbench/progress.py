@@ -61,6 +61,8 @@ def budget_passes(spec: Any, n_classes: int) -> float:
     starts = spec.multistart
     if starts is not None:  # one round, each candidate: targeted FAB (~3 passes a step) + finish
         passes += min(starts.targets, n_classes - 1) * (3 * starts.steps + finish)
+        if starts.order == "linear":  # one gradient per class, once
+            passes += n_classes
     return float(passes + 2)
 
 

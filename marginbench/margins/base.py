@@ -21,13 +21,14 @@ from torch import Tensor, nn
 
 from marginbench.errors import MarginbenchError
 from marginbench.margins.counting import CountingModel, frozen_parameters
-from marginbench.margins.multistart import MultiStart, Polish, multistart
+from marginbench.margins.multistart import TARGET_ORDERS, MultiStart, Polish, multistart
 from marginbench.margins.refine import line_search, project, shrink
 from marginbench.margins.verify import NORMS, verify
 
 # options consumed by marginbench itself, never passed on to a library call
 OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho", "polish_project",
-               "multistart_rounds", "multistart_targets", "multistart_steps", "multistart_agree")
+               "multistart_rounds", "multistart_targets", "multistart_steps", "multistart_agree",
+               "multistart_order")
 # Perturbation scalings tried when a point fails verification only by rounding (see _run).
 BACKOFF_FACTORS = (1.001, 1.01)
 # Per-sample ``status`` of a margin: "exact" (certified lower bound within EXACT_TOL of the
@@ -183,11 +184,16 @@ class AttackSpec:
             return None
         starts = MultiStart(targets=int(o.get("multistart_targets", default.targets)), rounds=rounds,
                             steps=int(o.get("multistart_steps", default.steps)),
-                            agree=int(o.get("multistart_agree", default.agree)), seed=self.seed)
+                            agree=int(o.get("multistart_agree", default.agree)), seed=self.seed,
+                            order=str(o.get("multistart_order", default.order)))
         if min(starts.targets, starts.steps) < 1 or starts.agree < 0:
             raise MarginbenchError(
                 f"attack {self.name}: multistart_targets and multistart_steps must be >= 1 and "
                 f"multistart_agree >= 0; got {starts.targets}, {starts.steps}, {starts.agree}"
+            )
+        if starts.order not in TARGET_ORDERS:
+            raise MarginbenchError(
+                f"attack {self.name}: multistart_order must be one of {', '.join(TARGET_ORDERS)}; got {starts.order!r}"
             )
         return starts
 
