@@ -135,6 +135,16 @@ def test_heartbeat_redraws_while_a_pass_is_running():
     assert len(bar.shown) >= 2
 
 
+def test_heartbeat_redraws_once_a_heartbeat_after_any_redraw():
+    """The heartbeat counts its own redraws: after a redraw at t, the next one is due at
+    t + heartbeat_s, not later (so the longest gap is one heartbeat plus one check)."""
+    bar = FakeBar()
+    prog = PassProgress(bar, "margins", expected_per_sample=10, heartbeat_s=5.0)
+    prog.last = 100.0  # a pass redrew the bar at t = 100
+    assert [prog.beat_once(t) for t in (104.9, 105.0, 105.5, 109.9, 110.0)] == [False, True, False, False, True]
+    assert len(bar.shown) == 2
+
+
 def test_fashion_pairs_labels():
     images = np.arange(10 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 1)
     labels = np.arange(10) % 10
