@@ -88,7 +88,8 @@ class PassProgress:
         self.base = float(bar.n)
         self.passes = 0
         self.member = ""
-        self.last = 0.0
+        self.last = 0.0  # last progress update from a pass (throttles __call__)
+        self.last_draw = 0.0  # last redraw, a pass's or the heartbeat's (schedules the heartbeat)
 
     def start_batch(self, first: int, size: int) -> None:
         self.size, self.passes, self.member = size, 0, ""
@@ -113,10 +114,11 @@ class PassProgress:
         threading.Thread(target=beat, name="marginbench-progress", daemon=True).start()
 
     def beat_once(self, now: float) -> bool:
-        """Redraw when the last redraw (a pass's or a heartbeat's) is ``heartbeat_s`` old."""
-        if now - self.last < self.heartbeat_s:
+        """Redraw when the last redraw (a pass's or a heartbeat's) is ``heartbeat_s`` old.
+        It leaves ``last`` alone: a pass right after a heartbeat still moves the bar."""
+        if now - self.last_draw < self.heartbeat_s:
             return False
-        self.last = now
+        self.last_draw = now
         self.bar.refresh()
         return True
 
@@ -131,7 +133,7 @@ class PassProgress:
         now = time.monotonic()
         if now - self.last < self.interval:
             return
-        self.last = now
+        self.last = self.last_draw = now
         share = in_batch_share(self.passes / (self.expected * max(self.size, 1)))
         self.bar.update(self.base + share * self.size - self.bar.n)
         # always redraw: tqdm's miniters can swallow a small fractional step, and a bar whose

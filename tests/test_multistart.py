@@ -217,11 +217,16 @@ def test_linear_order_is_the_exact_distance_on_a_linear_model(linear, norm):
                 continue
             expected = (logits[i, y[i]] - logits[i, j]) / (w[y[i]] - w[j]).norm(p=dual)
             assert float(dist[i, j]) == pytest.approx(float(expected), rel=1e-4)
-    best = x.clone()
+    # best = x lands in y itself: no runner-up is pushed last, the order is the distances'
+    order = target_classes(model, runner_up_scores(model, x, y, "linear", norm), x.clone(), K - 1)
+    assert torch.equal(order, dist.argsort(1)[:, : K - 1])
+    # a best point that lands in the nearest class puts that class last
+    _, delta = closed_form(lin, model, x, y, norm)
+    landed_best = x + 1.6 * delta
     with torch.no_grad():
-        best_landed = model(best).argmax(1)  # = y: no class is pushed last
-    order = target_classes(model, runner_up_scores(model, x, y, "linear", norm), best, K - 1)
-    assert torch.equal(order, dist.argsort(1)[:, : K - 1]) and not (order == best_landed.unsqueeze(1)).any()
+        landed = model(landed_best).argmax(1)
+    order = target_classes(model, runner_up_scores(model, x, y, "linear", norm), landed_best, K - 1)
+    assert torch.equal(order[:, -1], landed)
 
 
 def test_only_multistart_estimators_carry_the_multistart_version_in_their_margins_key():

@@ -140,9 +140,15 @@ def test_heartbeat_redraws_once_a_heartbeat_after_any_redraw():
     t + heartbeat_s, not later (so the longest gap is one heartbeat plus one check)."""
     bar = FakeBar()
     prog = PassProgress(bar, "margins", expected_per_sample=10, heartbeat_s=5.0)
-    prog.last = 100.0  # a pass redrew the bar at t = 100
+    prog.last = prog.last_draw = 100.0  # a pass redrew the bar at t = 100
     assert [prog.beat_once(t) for t in (104.9, 105.0, 105.5, 109.9, 110.0)] == [False, True, False, False, True]
     assert len(bar.shown) == 2
+    # a heartbeat does not throttle the passes: the next pass still moves the bar
+    prog.interval, prog.last = 1.0, 0.0
+    prog.start_batch(0, 4)
+    prog.beat_once(time.monotonic() + 60)
+    prog("fab", 20, 0)  # half the expected 40 passes
+    assert bar.n == pytest.approx(2.0)
 
 
 def test_fashion_pairs_labels():

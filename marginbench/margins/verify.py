@@ -20,7 +20,7 @@ def lp_norm(delta: Tensor, norm: str) -> Tensor:
     """Per-sample Lp norm of a (B, ...) tensor, computed in float64."""
     # flatten(1), not reshape(B, -1): a batch with no rows left (every sample already done)
     # must give an empty result, not an error
-    flat = delta.detach().flatten(1).double()
+    flat = (delta.detach().flatten(1) if delta.ndim > 1 else delta.detach().unsqueeze(1)).double()
     if norm == "Linf":
         return flat.abs().amax(dim=1) if flat.shape[1] else torch.zeros(flat.shape[0], dtype=torch.float64)
     if norm == "L2":
