@@ -54,7 +54,7 @@ BENCH_ESTIMATORS ?= fab fab_polish fab_polish_multistart fab_topk fab_targeted f
 BENCH_ARGS ?=
 # Against exact MILP margins (results/oracle, 240 samples; minutes): within 1 % of exact, mean
 # and worst overshoot, share below exact. The closest-to-the-truth presets are cheap there.
-ORACLE_ESTIMATORS ?= $(BENCH_ESTIMATORS) fab_polish_multistart_all fmn_polish_multistart fmn_polish_multistart_all
+ORACLE_ESTIMATORS ?= $(BENCH_ESTIMATORS) fab_polish_multistart_all fmn_polish_multistart fmn_polish_multistart_9 fmn_polish_multistart_all
 bench: data install  ## margin estimators side by side (tightness vs fab and vs exact margins, cost): results/bench/
 	$(BIN)/python scripts/bench_oracle.py --estimators $(ORACLE_ESTIMATORS)
 	$(BIN)/python scripts/bench_margins.py --model aa_resnet18 --data ../shared/data/cifar10_test_first100.npz --n 100 --estimators $(BENCH_ESTIMATORS) $(BENCH_ARGS)

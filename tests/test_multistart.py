@@ -4,6 +4,7 @@ exact-MILP oracles, never worse than the base, the adaptive rule, errors."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -257,3 +258,30 @@ def test_truth_preset_is_within_one_percent_of_exact_on_the_oracle():
         overshoot.append(result.margin[known] / exact[known] - 1)
     assert np.concatenate(within).mean() >= 0.95, [w.mean() for w in within]
     assert np.concatenate(overshoot).mean() <= 0.005
+
+
+ATTACK_PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "attack").glob("*.yaml"))
+
+
+L2_ONLY = {"alma", "ddn"}  # adv-lib attacks that minimise the L2 norm only
+
+
+@pytest.mark.parametrize("name", ATTACK_PRESETS)
+def test_every_attack_preset_finds_the_linear_closed_form(linear, name):
+    """Every configs/attack preset, as shipped, on the linear model whose minimal perturbation
+    is known in closed form: every sample broken and never below the closed form. Presets
+    that refine their points (polish, projection, bisection) end within 1 % of it; the raw
+    attacks may overshoot even here (FMN +21 %, APGD with an eps search +11 %, Square +84 %
+    on one of these 10 samples), so they are only held to 2x. ``exact`` equals it to 1e-6."""
+    model, lin, x, y = linear
+    norm = "L2" if name in L2_ONLY else "Linf"
+    exact, _ = closed_form(lin, model, x, y, norm)
+    cfg = preset(name)
+    result = build_estimator(cfg, norm)(model, x, y)
+    assert result.success.all(), name
+    if name == "exact":
+        assert np.abs(result.margin - exact).max() <= 1e-6, result.margin - exact
+        return
+    ratio = result.margin / exact
+    upper = 1.01 if cfg.refine else 2.0
+    assert (ratio >= 1 - 1e-5).all() and (ratio <= upper).all(), (name, ratio)

@@ -66,3 +66,22 @@ def test_never_worse_and_leaves_non_adversarial_rows_alone():
 def test_no_adversarial_rows_is_a_no_op(linear, refiner):  # noqa: F811
     model, _, x, y = linear
     assert torch.equal(refiner(model, x, x.clone(), y, "Linf"), x)
+
+
+def test_polish_min_rho_stops_converged_samples_early_and_stays_within_one_percent(linear):  # noqa: F811
+    """``min_rho`` (the presets' ``polish_min_rho``): a sample stops once its shrink factor
+    fell below it. On the linear closed form both polishes end within 1 % of the exact
+    margin and never below it, and the early stop spends fewer backward passes."""
+    model, lin, x, y = linear
+    exact, delta = closed_form(lin, model, x, y, "Linf")
+    loose = x + 1.6 * delta
+    margins, passes = {}, {}
+    for min_rho in (0.0, 0.002):
+        counting = CountingModel(model, len(x))
+        out = shrink(counting, x, loose, y, "Linf", rounds=24, steps=5, rho=0.05, min_rho=min_rho)
+        margin, ok, _ = verify(model, x, out, y, "Linf")
+        assert ok.all()
+        margins[min_rho], passes[min_rho] = margin / exact, counting.backward_counts.sum()
+    for ratio in margins.values():
+        assert (ratio >= 1 - 1e-5).all() and (ratio <= 1.01).all(), ratio
+    assert passes[0.002] < 0.8 * passes[0.0], passes
