@@ -285,3 +285,18 @@ def test_every_attack_preset_finds_the_linear_closed_form(linear, name):
     ratio = result.margin / exact
     upper = 1.01 if cfg.refine else 2.0
     assert (ratio >= 1 - 1e-5).all() and (ratio <= upper).all(), (name, ratio)
+
+
+def test_linear_order_pool_ranks_only_the_strongest_runner_ups_at_pool_gradients(linear):
+    """``pool``: only the strongest runner-up classes by logit get a distance, at one backward
+    pass each (not K - 1); the distances they get are the full ranking's."""
+    model, _, x, y = linear
+    full = linear_distances(model, x, y, "Linf")
+    counting = CountingModel(model, len(x))
+    pooled = linear_distances(counting, x, y, "Linf", pool=3)
+    assert (counting.backward_counts == 3).all(), counting.backward_counts
+    with torch.no_grad():
+        top3 = model(x).scatter(1, y.unsqueeze(1), -math.inf).topk(3, dim=1).indices
+    ranked = torch.zeros_like(full, dtype=torch.bool).scatter_(1, top3, True)
+    assert torch.equal(pooled[ranked], full[ranked])
+    assert torch.isinf(pooled[~ranked]).all()
