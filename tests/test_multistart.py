@@ -261,12 +261,13 @@ def test_truth_preset_is_within_one_percent_of_exact_on_the_oracle():
 
 
 ATTACK_PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "attack").glob("*.yaml"))
+SLOW_PRESETS = {"square", "fab_restarts", "fab_polish_multistart_all"}  # 8-10 s each on the linear model
 
 
 L2_ONLY = {"alma", "ddn"}  # adv-lib attacks that minimise the L2 norm only
 
 
-@pytest.mark.parametrize("name", ATTACK_PRESETS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PRESETS else n for n in ATTACK_PRESETS])
 def test_every_attack_preset_finds_the_linear_closed_form(linear, name):
     """Every configs/attack preset, as shipped, on the linear model whose minimal perturbation
     is known in closed form: every sample broken and never below the closed form. Presets
