@@ -135,10 +135,12 @@ class PassProgress:
             return
         self.last = self.last_draw = now
         share = in_batch_share(self.passes / (self.expected * max(self.size, 1)))
-        self.bar.update(self.base + share * self.size - self.bar.n)
         # always redraw: tqdm's miniters can swallow a small fractional step, and a bar whose
-        # elapsed time still ticks shows the run is alive even when the estimate ran out
-        self.bar.refresh()
+        # elapsed time still ticks shows the run is alive even when the estimate ran out; but
+        # only once (update returns True when it drew: a second draw doubles every line of a
+        # log file, where no carriage return overwrites it)
+        if not self.bar.update(self.base + share * self.size - self.bar.n):
+            self.bar.refresh()
 
     def finish_batch(self) -> None:
         """Snap the bar to the batch's end and learn the cost per sample for the next one."""

@@ -151,6 +151,25 @@ def test_heartbeat_redraws_once_a_heartbeat_after_any_redraw():
     assert bar.n == pytest.approx(2.0)
 
 
+def test_a_pass_draws_the_bar_once_not_twice_into_a_log_file():
+    """tqdm's update draws the bar when it moves far enough; the redraw after it must not
+    draw the same line again (in a log file, without a terminal's carriage return, every
+    line appeared twice)."""
+    import io
+
+    from tqdm import tqdm
+
+    out = io.StringIO()
+    bar = tqdm(total=4, file=out, mininterval=0, miniters=1, ascii=True, bar_format="{n:.2f}/{total}")
+    prog = PassProgress(bar, "margins", expected_per_sample=10, interval=0.0, heartbeat_s=0)
+    prog.start_batch(0, 4)
+    for _ in range(3):  # a quarter of the batch's expected passes each: the bar moves by 1
+        prog("fab", 10, 0)
+    drawn = [line for line in out.getvalue().split("\r") if line.strip()]
+    assert len(drawn) >= 3
+    assert all(a != b for a, b in zip(drawn, drawn[1:])), drawn
+
+
 def test_fashion_pairs_labels():
     images = np.arange(10 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2, 1)
     labels = np.arange(10) % 10
