@@ -261,13 +261,12 @@ def test_truth_preset_is_within_one_percent_of_exact_on_the_oracle():
 
 
 ATTACK_PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "attack").glob("*.yaml"))
-SLOW_PRESETS = {"square", "fab_restarts", "fab_polish_multistart_all"}  # 8-10 s each on the linear model
 
 
 L2_ONLY = {"alma", "ddn"}  # adv-lib attacks that minimise the L2 norm only
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PRESETS else n for n in ATTACK_PRESETS])
+@pytest.mark.parametrize("name", ATTACK_PRESETS)
 def test_every_attack_preset_finds_the_linear_closed_form(linear, name):
     """Every configs/attack preset, as shipped, on the linear model whose minimal perturbation
     is known in closed form: every sample broken and never below the closed form. Presets
@@ -301,3 +300,48 @@ def test_linear_order_pool_ranks_only_the_strongest_runner_ups_at_pool_gradients
     ranked = torch.zeros_like(full, dtype=torch.bool).scatter_(1, top3, True)
     assert torch.equal(pooled[ranked], full[ranked])
     assert torch.isinf(pooled[~ranked]).all()
+
+
+def test_many_classes_targets_come_from_the_pool_never_the_prediction():
+    """K = 30 > pool + 1: the linear order ranks the 20 strongest runner-ups (20 gradients
+    per row), the other 9 come after them in logit order, the class the best point lands in
+    last, and the predicted class is never a target, even when all 29 are asked for."""
+    torch.manual_seed(5)
+    n_classes, d = 30, int(np.prod(SHAPE))
+    lin = nn.Linear(d, n_classes)
+    model = nn.Sequential(nn.Flatten(), lin).eval()
+    x = torch.rand(6, *SHAPE)
+    with torch.no_grad():
+        logits = model(x)
+    y = logits.argmax(1)
+    counting = CountingModel(model, len(x))
+    scores = runner_up_scores(counting, x, y, "linear", "Linf", pool=20)
+    assert (counting.backward_counts == 20).all(), counting.backward_counts
+    best = x.clone()  # lands in y: no runner-up is pushed last
+    targets = target_classes(model, scores, best, n_classes - 1)
+    pool = logits.scatter(1, y.unsqueeze(1), -math.inf).topk(20, dim=1).indices
+    dist = linear_distances(model, x, y, "Linf", pool=20)
+    for i in range(len(x)):
+        row = targets[i].tolist()
+        assert int(y[i]) not in row and sorted(row) == sorted(set(range(n_classes)) - {int(y[i])})
+        assert set(row[:20]) == set(pool[i].tolist())
+        assert row[:20] == dist[i].argsort()[:20].tolist()  # the pool by distance
+        rest = [j for j in logits[i].argsort(descending=True).tolist() if j not in row[:20] and j != int(y[i])]
+        assert row[20:] == rest  # the others by logit
+    # a best point landing outside the pool still goes last
+    outside = targets[:, 25]
+    lands = nn.Sequential(model, _Relabel(outside, n_classes)).eval()
+    last = target_classes(lands, scores, best, n_classes - 1)
+    assert torch.equal(last[:, -1], outside)
+    assert not (last == y.unsqueeze(1)).any()
+
+
+class _Relabel(nn.Module):
+    """A head that makes every input land in ``cls`` (per row), to place the landed class."""
+
+    def __init__(self, cls: torch.Tensor, n_classes: int):
+        super().__init__()
+        self.onehot = nn.functional.one_hot(cls, n_classes).float() * 1e3
+
+    def forward(self, logits):
+        return logits + self.onehot[: len(logits)]

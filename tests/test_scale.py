@@ -160,14 +160,15 @@ def test_a_pass_draws_the_bar_once_not_twice_into_a_log_file():
     from tqdm import tqdm
 
     out = io.StringIO()
-    bar = tqdm(total=4, file=out, mininterval=0, miniters=1, ascii=True, bar_format="{n:.2f}/{total}")
-    prog = PassProgress(bar, "margins", expected_per_sample=10, interval=0.0, heartbeat_s=0)
-    prog.start_batch(0, 4)
-    for _ in range(3):  # a quarter of the batch's expected passes each: the bar moves by 1
-        prog("fab", 10, 0)
-    drawn = [line for line in out.getvalue().split("\r") if line.strip()]
-    assert len(drawn) >= 3
-    assert all(a != b for a, b in zip(drawn, drawn[1:])), drawn
+    with tqdm(total=4, file=out, mininterval=0, miniters=1, ascii=True, bar_format="{n:.2f}/{total}") as bar:
+        prog = PassProgress(bar, "margins", expected_per_sample=10, interval=0.0, heartbeat_s=0)
+        prog.start_batch(0, 4)
+        for _ in range(3):  # a quarter of the batch's expected passes each: update draws
+            prog("fab", 10, 0)
+        for _ in range(2):  # a fortieth each: below miniters, update does not draw, refresh does
+            prog("fab", 1, 0)
+        drawn = [line for line in out.getvalue().split("\r") if line.strip()]
+    assert drawn[:6] == ["0.00/4", "1.00/4", "2.00/4", "3.00/4", "3.10/4", "3.20/4"], drawn
 
 
 def test_fashion_pairs_labels():

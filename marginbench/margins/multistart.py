@@ -43,7 +43,7 @@ AGREE_RTOL = 0.01  # two margins "agree" when within 1 % (README: margin_agreeme
 # (base.BACKOFF_FACTORS), which must not make the result worse than the point it replaced.
 MIN_GAIN = 1.001
 # "logit": by logit at x; "linear": by the first-order distance to each class's boundary at
-# x (MALT's ordering, arXiv 2407.02240): one gradient per class, once per sample
+# x (MALT's ordering, arXiv 2407.02240): one gradient per ranked class, once per sample
 TARGET_ORDERS = ("logit", "linear")
 
 
@@ -132,6 +132,8 @@ def linear_distances(model: nn.Module, x: Tensor, y: Tensor, norm: str, pool: in
             grad = torch.autograd.grad(gap.sum(), z, retain_graph=k < n_ranked - 1)[0].flatten(1)
             d = (gap.detach() / grad.norm(p=dual, dim=1).clamp_min(1e-12)).double()
             dist.scatter_(1, ranked[:, k: k + 1], d.unsqueeze(1))
+    # never a distance for the predicted class, even where a -inf logit tied with it in topk
+    dist.scatter_(1, y.unsqueeze(1), math.inf)
     return dist
 
 
@@ -140,19 +142,36 @@ def linear_distances(model: nn.Module, x: Tensor, y: Tensor, norm: str, pool: in
 LINEAR_ORDER_POOL = 20
 
 
+def linear_pool(targets: int) -> int:
+    """Runner-up classes the linear order ranks for ``targets`` searches: always more than
+    the searches need, so none of them falls back to the unranked classes."""
+    return max(LINEAR_ORDER_POOL, targets + 1)
+
+
 def runner_up_scores(model: nn.Module, x: Tensor, y: Tensor, order: str, norm: str,
                      pool: int | None = LINEAR_ORDER_POOL) -> Tensor:
-    """(rows, K) float64, higher = searched first; -inf for the predicted class itself.
+    """(rows, K) float64, higher = searched first; -inf for the predicted class itself (and
+    only for it: every runner-up is finite, so ``target_classes`` never picks the prediction).
     ``order`` "logit": the logits at x; "linear": minus the first-order distance to each
-    class's boundary (``linear_distances``) among the ``pool`` strongest runner-ups by logit
-    (the others -inf: searched only after them). The linear order ranks classes by how close
-    their boundary is, not by how large their logit is: on the pyautoattack ResNet-18 a
-    sample whose nearest boundary found is its 4th class by logit is 2nd by distance.
-    Computed once per sample (multistart), not per round."""
-    if order == "linear":
-        return -linear_distances(model, x, y, norm, pool)
-    with torch.no_grad():
-        score = model(x).double()
+    class's boundary (``linear_distances``) among the ``pool`` strongest runner-ups by logit;
+    the classes outside the pool come after all of them, by logit. The linear order ranks
+    classes by how close their boundary is, not by how large their logit is: on the
+    pyautoattack ResNet-18 a sample whose nearest boundary found is its 4th class by logit is
+    2nd by distance. Computed once per sample (multistart), not per round."""
+    if order != "linear":
+        with torch.no_grad():
+            score = model(x).double().nan_to_num(neginf=torch.finfo(torch.float64).min / 2)
+        return score.scatter_(1, y.unsqueeze(1), -math.inf)
+    score = -linear_distances(model, x, y, norm, pool)
+    ranked = torch.isfinite(score)
+    ranked.scatter_(1, y.unsqueeze(1), True)  # the prediction is set last, not an unranked one
+    if not bool(ranked.all()):  # fewer ranked than runner-ups (K > pool + 1): place the rest
+        with torch.no_grad():
+            logits = model(x).double()
+        floor = torch.where(torch.isfinite(score), score, torch.full_like(score, math.inf)).amin(1, keepdim=True)
+        # below every ranked runner-up, in logit order among themselves (rank 0 = largest logit)
+        by_logit = logits.argsort(1, descending=True).argsort(1).double()
+        score = torch.where(ranked, score, floor - 1 - by_logit)
     return score.scatter_(1, y.unsqueeze(1), -math.inf)
 
 
@@ -202,9 +221,7 @@ def multistart(model: nn.Module, x: Tensor, x_adv: Tensor, y_pred: Tensor, norm:
     xs, ys, best = x[idx], y_pred[idx], x_adv[idx].clone()
     with charged_to(model, idx), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(budget.seed)
-        # the pool always holds more classes than the searches need
-        pool = max(LINEAR_ORDER_POOL, budget.targets + 1)
-        scores = runner_up_scores(model, xs, ys, budget.order, norm, pool)
+        scores = runner_up_scores(model, xs, ys, budget.order, norm, linear_pool(budget.targets))
         r = lp_norm(best - xs, norm).to(x.device).double()
         found = [r.clone()]  # every search's margin, the base estimator's first
         todo = torch.arange(idx.numel(), device=x.device)
