@@ -317,6 +317,7 @@ def test_many_classes_targets_come_from_the_pool_never_the_prediction():
     counting = CountingModel(model, len(x))
     scores = runner_up_scores(counting, x, y, "linear", "Linf", pool=20)
     assert (counting.backward_counts == 20).all(), counting.backward_counts
+    assert (counting.forward_counts == 1).all(), counting.forward_counts  # the ranking's logits order the rest
     best = x.clone()  # lands in y: no runner-up is pushed last
     targets = target_classes(model, scores, best, n_classes - 1)
     pool = logits.scatter(1, y.unsqueeze(1), -math.inf).topk(20, dim=1).indices

@@ -112,11 +112,18 @@ def _candidate(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, ta
 
 
 def linear_distances(model: nn.Module, x: Tensor, y: Tensor, norm: str, pool: int | None = None) -> Tensor:
-    """(rows, K) first-order distance from x to the boundary between y and each class j:
+    """(rows, K) first-order distance from x to each class's boundary: ``_distances_and_logits``."""
+    return _distances_and_logits(model, x, y, norm, pool)[0]
+
+
+def _distances_and_logits(model: nn.Module, x: Tensor, y: Tensor, norm: str,
+                          pool: int | None) -> tuple[Tensor, Tensor]:
+    """((rows, K) first-order distance from x to the boundary between y and each class j:
     (f_y - f_j) / ||grad (f_y - f_j)||_dual (L1 for L-inf, L2 for L2); +inf for j = y.
     ``pool``: only the ``pool`` strongest runner-up classes by logit get a distance (the
     others +inf), so the cost is ``pool`` backward passes per row whatever K is (None: all
-    K - 1). One forward pass and those backward passes per row, once: not per attack step."""
+    K - 1). One forward pass and those backward passes per row, once: not per attack step.
+    Also the logits at x (detached), which order the classes outside the pool."""
     z = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         logits = model(z)
@@ -134,7 +141,7 @@ def linear_distances(model: nn.Module, x: Tensor, y: Tensor, norm: str, pool: in
             dist.scatter_(1, ranked[:, k: k + 1], d.unsqueeze(1))
     # never a distance for the predicted class, even where a -inf logit tied with it in topk
     dist.scatter_(1, y.unsqueeze(1), math.inf)
-    return dist
+    return dist, logits.detach()
 
 
 # The linear order ranks only this many runner-up classes (the strongest by logit): on
@@ -162,12 +169,11 @@ def runner_up_scores(model: nn.Module, x: Tensor, y: Tensor, order: str, norm: s
         with torch.no_grad():
             score = model(x).double().nan_to_num(neginf=torch.finfo(torch.float64).min / 2)
         return score.scatter_(1, y.unsqueeze(1), -math.inf)
-    score = -linear_distances(model, x, y, norm, pool)
+    dist, logits = _distances_and_logits(model, x, y, norm, pool)
+    score = -dist
     ranked = torch.isfinite(score)
     ranked.scatter_(1, y.unsqueeze(1), True)  # the prediction is set last, not an unranked one
     if not bool(ranked.all()):  # fewer ranked than runner-ups (K > pool + 1): place the rest
-        with torch.no_grad():
-            logits = model(x).double()
         floor = torch.where(torch.isfinite(score), score, torch.full_like(score, math.inf)).amin(1, keepdim=True)
         # below every ranked runner-up, in logit order among themselves (rank 0 = largest logit)
         by_logit = logits.argsort(1, descending=True).argsort(1).double()
