@@ -36,7 +36,7 @@ data:  ## Fashion-MNIST: install Debian's dataset-fashion-mnist if it is nowhere
 # (make exits 2 on any failing recipe, so whoever calls make never sees the 5)
 NO_TESTS = { status=$$?; [ $$status != 5 ] || echo "pytest collected no tests: the suite failed" >&2; exit $$status; }
 
-test: data install  ## run the default test suite (< 10 min on 2 CPU cores)
+test: data install  ## run the default test suite (about 10 min on 2 CPU cores)
 	$(BIN)/pytest -q $(TEST_ARGS) || $(NO_TESTS)
 
 test-all: data install  ## run every test, the slow ones too (CI: .ci/run)
