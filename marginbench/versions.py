@@ -11,8 +11,9 @@ MARGINS_VERSION = 4  # 2: boundary points failing verification by rounding are b
 # 4: per-sample "agreement" (searches within 1 % of the margin: multistart.py, ensemble.py)
 # The multi-start stage's own version, in the margins key of multi-start estimators only (a
 # MARGINS_VERSION bump would also retire every other estimator's margins, the demo's included).
-MULTISTART_VERSION = 3  # 2: candidates skip the class the best point already lands in;
+MULTISTART_VERSION = 4  # 2: candidates skip the class the best point already lands in;
 # 3: the linear order ranks only the 20 strongest runner-ups by logit (>21 classes change)
+# 4: the searches towards several targets run stacked in one call (other random starts)
 OUTPUTS_VERSION = 1
 PSEUDO_VERSION = 1
 SCORES_VERSION = 1

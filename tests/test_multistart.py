@@ -19,12 +19,13 @@ from marginbench.margins.counting import CountingModel
 from marginbench.margins.multistart import (
     MultiStart,
     Polish,
+    _round,
     linear_distances,
     multistart,
     runner_up_scores,
     target_classes,
 )
-from marginbench.margins.verify import verify
+from marginbench.margins.verify import lp_norm, verify
 from marginbench.oracle import ORACLE_DIR, load_oracle
 from marginbench.stages.margins import MarginParams
 from marginbench.versions import MULTISTART_VERSION
@@ -95,6 +96,31 @@ def test_linear_model_reaches_the_closed_form_from_a_loose_start(linear, norm):
     # the loose start is 60 % off, so it agrees with nothing; the search towards the
     # closest class lands on the margin (others may land within 1 % of it too)
     assert (agreement >= 1).all() and (agreement <= K - 1).all()
+
+
+# one target per call; 2 targets per call on 10 rows (5 chunks, the last one short); all 9
+@pytest.mark.parametrize("stack_rows", [0, 25, 256])
+def test_stacked_searches_keep_each_row_and_target_apart(linear, stack_rows):
+    """Each candidate of a (stacked) round is the targeted search of its own row towards its
+    own target: unpolished, targeted FAB on a linear model lands within a few % above the
+    closed-form distance to *that* class's boundary (the classes' distances of one row differ
+    up to 1.9x), so a candidate handed to the wrong row or target falls outside [1, 1.1]."""
+    model, lin, x, y = linear
+    _, delta = closed_form(lin, model, x, y, "Linf")
+    best = x + 1.6 * delta
+    r = lp_norm(best - x, "Linf").double()
+    scores = runner_up_scores(model, x, y, "logit", "Linf")
+    targets = target_classes(model, scores, best, K - 1)
+    budget = MultiStart(targets=K - 1, steps=20, stack_rows=stack_rows)
+    norms = _round(model, x, y, best.clone(), r.clone(), "Linf", budget, scores, Polish(rounds=0, refine_steps=0))
+    W, f = lin.weight.detach().double(), model(x).detach().double()
+    want = torch.empty_like(norms)
+    for i in range(len(x)):
+        for t in range(K - 1):
+            j, own = int(targets[i, t]), int(y[i])
+            want[t, i] = (f[i, own] - f[i, j]) / (W[j] - W[own]).abs().sum()
+    ratio = norms / want
+    assert (ratio >= 1 - 1e-4).all() and (ratio <= 1.1).all(), ratio
 
 
 def test_non_adversarial_rows_are_left_alone_and_not_charged(linear):
@@ -180,6 +206,7 @@ def test_oracle_multistart_is_tighter_all(net):
     ({"multistart_targets": 0}, "multistart_targets and multistart_steps"),
     ({"multistart_steps": 0}, "multistart_targets and multistart_steps"),
     ({"multistart_agree": -1}, "multistart_targets and multistart_steps"),
+    ({"multistart_stack_rows": -1}, "multistart_agree and multistart_stack_rows >= 0"),
     ({"multistart_order": "random"}, "multistart_order must be one of logit, linear"),
 ])
 def test_bad_multistart_options_are_one_line_errors(options, message):

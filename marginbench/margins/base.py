@@ -28,7 +28,7 @@ from marginbench.margins.verify import NORMS, verify
 # options consumed by marginbench itself, never passed on to a library call
 OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho", "polish_project",
                "multistart_rounds", "multistart_targets", "multistart_steps", "multistart_agree",
-               "multistart_order")
+               "multistart_order", "multistart_stack_rows")
 # Perturbation scalings tried when a point fails verification only by rounding (see _run).
 BACKOFF_FACTORS = (1.001, 1.01)
 # Per-sample ``status`` of a margin: "exact" (certified lower bound within EXACT_TOL of the
@@ -185,11 +185,13 @@ class AttackSpec:
         starts = MultiStart(targets=int(o.get("multistart_targets", default.targets)), rounds=rounds,
                             steps=int(o.get("multistart_steps", default.steps)),
                             agree=int(o.get("multistart_agree", default.agree)), seed=self.seed,
-                            order=str(o.get("multistart_order", default.order)))
-        if min(starts.targets, starts.steps) < 1 or starts.agree < 0:
+                            order=str(o.get("multistart_order", default.order)),
+                            stack_rows=int(o.get("multistart_stack_rows", default.stack_rows)))
+        if min(starts.targets, starts.steps) < 1 or min(starts.agree, starts.stack_rows) < 0:
             raise MarginbenchError(
-                f"attack {self.name}: multistart_targets and multistart_steps must be >= 1 and "
-                f"multistart_agree >= 0; got {starts.targets}, {starts.steps}, {starts.agree}"
+                f"attack {self.name}: multistart_targets and multistart_steps must be >= 1, "
+                f"multistart_agree and multistart_stack_rows >= 0; got {starts.targets}, {starts.steps}, "
+                f"{starts.agree}, {starts.stack_rows}"
             )
         if starts.order not in TARGET_ORDERS:
             raise MarginbenchError(
