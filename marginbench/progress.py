@@ -62,7 +62,9 @@ def budget_passes(spec: Any, n_classes: int) -> float:
     if starts is not None:  # one round, each candidate: targeted FAB (~3 passes a step) + finish
         passes += min(starts.targets, n_classes - 1) * (3 * starts.steps + finish)
         if starts.order == "linear":  # one gradient per ranked class, once
-            from marginbench.margins.multistart import linear_pool  # here: this module stays torch-free
+            from marginbench.margins.multistart import (
+                linear_pool,  # here: this module stays torch-free
+            )
 
             passes += min(linear_pool(starts.targets), n_classes - 1) + 1
     return float(passes + 2)
