@@ -17,15 +17,17 @@ from marginbench.margins import DEFAULT_ATTACK, build_estimator
 from marginbench.margins.base import EXACT_TOL
 from marginbench.margins.counting import CountingModel
 from marginbench.margins.multistart import (
+    MIN_GAIN,
     MultiStart,
     Polish,
+    _candidate,
     _round,
     linear_distances,
     multistart,
     runner_up_scores,
     target_classes,
 )
-from marginbench.margins.verify import lp_norm, verify
+from marginbench.margins.verify import is_adversarial, lp_norm, verify
 from marginbench.oracle import ORACLE_DIR, load_oracle
 from marginbench.stages.margins import MarginParams
 from marginbench.versions import MULTISTART_VERSION
@@ -98,28 +100,59 @@ def test_linear_model_reaches_the_closed_form_from_a_loose_start(linear, norm):
     assert (agreement >= 1).all() and (agreement <= K - 1).all()
 
 
-# one target per call; 2 targets per call on 10 rows (5 chunks, the last one short); all 9
-@pytest.mark.parametrize("stack_rows", [0, 25, 256])
+def _targeted_distance(lin: nn.Linear, model: nn.Module, x, y, cls: torch.Tensor) -> torch.Tensor:
+    """Closed-form L-inf distance from x[i] to the boundary between y[i] and cls[i]."""
+    W, f = lin.weight.detach().double(), model(x).detach().double()
+    u = torch.arange(len(x))
+    return (f[u, y] - f[u, cls]) / (W[cls] - W[y]).abs().sum(1)
+
+
+# The fixture's 10 rows fall into radius groups of 1, 8 and 1 rows. stack_rows 0: one target
+# per call; 5: the 8-row group is larger than a call may be (one target per call), the single
+# rows get all 9 targets in one call; 20: the 8-row group in chunks of 2, 2, 2, 2 and 1
+# targets; 256: every group's 9 targets in one call.
+@pytest.mark.parametrize("stack_rows", [0, 5, 20, 256])
 def test_stacked_searches_keep_each_row_and_target_apart(linear, stack_rows):
     """Each candidate of a (stacked) round is the targeted search of its own row towards its
     own target: unpolished, targeted FAB on a linear model lands within a few % above the
     closed-form distance to *that* class's boundary (the classes' distances of one row differ
-    up to 1.9x), so a candidate handed to the wrong row or target falls outside [1, 1.1]."""
+    up to 1.9x), so a candidate handed to the wrong row or target falls outside [1, 1.1]. The
+    best point of every row is then its own smallest candidate (or the start), and flips it."""
     model, lin, x, y = linear
     _, delta = closed_form(lin, model, x, y, "Linf")
-    best = x + 1.6 * delta
-    r = lp_norm(best - x, "Linf").double()
+    start = x + 1.6 * delta
+    r0 = lp_norm(start - x, "Linf").double()
     scores = runner_up_scores(model, x, y, "logit", "Linf")
-    targets = target_classes(model, scores, best, K - 1)
+    targets = target_classes(model, scores, start, K - 1)
     budget = MultiStart(targets=K - 1, steps=20, stack_rows=stack_rows)
-    norms = _round(model, x, y, best.clone(), r.clone(), "Linf", budget, scores, Polish(rounds=0, refine_steps=0))
-    W, f = lin.weight.detach().double(), model(x).detach().double()
-    want = torch.empty_like(norms)
-    for i in range(len(x)):
-        for t in range(K - 1):
-            j, own = int(targets[i, t]), int(y[i])
-            want[t, i] = (f[i, own] - f[i, j]) / (W[j] - W[own]).abs().sum()
+    best, r = start.clone(), r0.clone()
+    norms = _round(model, x, y, best, r, "Linf", budget, scores, Polish(rounds=0, refine_steps=0))
+    want = torch.stack([_targeted_distance(lin, model, x, y, targets[:, t]) for t in range(K - 1)])
     ratio = norms / want
+    assert (ratio >= 1 - 1e-4).all() and (ratio <= 1.1).all(), ratio
+    expected = r0.clone()  # the old one-target-per-call rule: replace when smaller by MIN_GAIN
+    for t in range(K - 1):
+        expected = torch.where(norms[t] * MIN_GAIN < expected, norms[t], expected)
+    assert torch.equal(r, expected)
+    assert torch.allclose(lp_norm(best - x, "Linf").double(), r, rtol=1e-6)
+    assert is_adversarial(model, best, y).all()
+
+
+def test_rows_fab_does_not_attack_come_back_unattacked_and_the_others_keep_their_targets(linear):
+    """FAB attacks only the rows whose clean prediction equals y (a near-tie at x can flip
+    when recomputed in another batch composition) and hands its step that subset; the row
+    targets must follow it (before: a shape error that ended the run)."""
+    model, lin, x, y = linear
+    labels = y.clone()
+    labels[0] = (y[0] + 1) % K  # FAB sees row 0 as misclassified and skips it
+    others = model(x).detach().scatter(1, y.unsqueeze(1), -math.inf)
+    aims = others.argsort(1, descending=True)[:, 1]  # each row's 2nd runner-up: a real target
+    want = _targeted_distance(lin, model, x, y, aims)
+    eps = float(2.0 ** math.ceil(math.log2(2 * float(want.max()))))  # as multistart's radius groups
+    point = _candidate(model, x, labels, "Linf", eps, aims, 20, K, Polish(rounds=0, refine_steps=0))
+    assert torch.equal(point[0], x[0])
+    ratio = lp_norm(point[1:] - x[1:], "Linf").double() / want[1:]
+    assert is_adversarial(model, point[1:], y[1:]).all()
     assert (ratio >= 1 - 1e-4).all() and (ratio <= 1.1).all(), ratio
 
 

@@ -23,11 +23,16 @@ What, per sample with a verified adversarial of norm r (others are left alone):
   the budget goes to samples where the searches disagree.
 
 The searches towards several targets run *stacked*: one call on the rows repeated once per
-target (up to ``stack_rows`` rows per call) instead of one call per target. Every row's
-search is its own (FAB, the polish and the bisection never mix rows), so this changes only
-the random starts' draws, not what a search does; it pays because the polish drops each row
-once it flips, and the calls of one target alone shrink to a few rows, where the model's
-kernels are several times slower per row (fm_madry: 1.1 ms per row at 1 row, 0.22 at 64).
+target (as many targets per call as fit in ``stack_rows`` rows; a radius group larger than
+that runs one target per call) instead of one call per target. Every row's search is its
+own (FAB, the polish and the bisection never mix rows), and in L-inf FAB's random starts are
+the same numbers (one CPU draw of all the rows gives what one draw per target gave); the
+margins differ only by floating-point sums over other batch sizes (fm_madry: 100/100 within
+1e-5). Two things do change: L2 starts (randn) are drawn differently, and ``project`` runs
+its rounds while *any* row of the call improves, so stacked rows hold it open for each
+other (+1-2 % passes). It pays because the polish drops each row once it flips, and the calls
+of one target alone shrink to a few rows, where the model's kernels are several times slower
+per row (fm_madry: 1.1 ms per row at 1 row, 0.22 at 64).
 """
 
 from __future__ import annotations
@@ -55,7 +60,8 @@ TARGET_ORDERS = ("logit", "linear")
 # Rows per stacked call (MultiStart.stack_rows). fm_madry, 100 images, fmn_polish_multistart_9,
 # one thread, one process (results/bench/round7): one target per call 66.1 s, at most 256 /
 # 512 / all 900 rows per call 49.8 / 49.2 / 52.3 s (an earlier run in the other order: 74.8,
-# 256: 60.2, all: 48.3). Past ~256 rows nothing more is won, and memory grows with the rows.
+# 256: 60.2, all: 48.3): 256 to all differ by less than the run-to-run noise, while the
+# memory a call needs grows with its rows; 256 keeps it near a usual batch's.
 STACK_ROWS = 256
 
 
@@ -97,15 +103,36 @@ def _radius_groups(r: Tensor) -> list[tuple[float, Tensor]]:
 class _RowTargetFAB(FABAttack_PT):
     """pyautoattack's targeted FAB with one target *class per row*: FAB itself takes one
     logit rank for the whole batch (``target_class``), which cannot skip, per sample, the
-    class the best point already lands in. Everything else is FAB's own iteration."""
+    class the best point already lands in. Everything else is FAB's own iteration.
+
+    FAB attacks only the rows whose clean prediction (its first ``_get_predicted_label``
+    call) equals ``y`` and hands the gradient step that subset: the row targets follow the
+    same subset. Why: a near-tie at x can flip when recomputed in another batch composition
+    (stacked calls make many); that row is then returned unattacked, not a shape error."""
 
     def __init__(self, *args, row_targets: Tensor, **kwargs):
         super().__init__(*args, **kwargs)
         self.row_targets = row_targets
         self.target_class = 2  # FAB reads it to rank classes at x; row_targets replaces that rank
+        self._labels: Tensor | None = None  # y of the running attack_single_run, until FAB's first prediction
+        self._kept_targets = row_targets
+
+    def attack_single_run(self, x, y=None, use_rand_start=False, is_targeted=False):
+        self._labels, self._kept_targets = y, self.row_targets
+        try:
+            return super().attack_single_run(x, y, use_rand_start=use_rand_start, is_targeted=is_targeted)
+        finally:
+            self._labels = None
+
+    def _get_predicted_label(self, x):
+        labels = super()._get_predicted_label(x)
+        if self._labels is not None:  # FAB's first call: the rows it will attack
+            self._kept_targets = self.row_targets[labels == self._labels.to(labels.device)]
+            self._labels = None
+        return labels
 
     def get_diff_logits_grads_batch_targeted(self, imgs, la, la_target):
-        return super().get_diff_logits_grads_batch_targeted(imgs, la, self.row_targets)
+        return super().get_diff_logits_grads_batch_targeted(imgs, la, self._kept_targets)
 
 
 def _candidate(model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: float, target: Tensor,
@@ -211,8 +238,11 @@ def target_classes(model: nn.Module, scores: Tensor, best: Tensor, n: int) -> Te
 
 def _target_chunks(n_targets: int, n_rows: int, stack_rows: int) -> list[range]:
     """Targets searched together in one stacked call: as many as fit in ``stack_rows`` rows
-    (at least one per call; all in one call when they fit); ``stack_rows`` 0: one each."""
-    per = 1 if stack_rows <= 0 else max(1, stack_rows // max(n_rows, 1))
+    (at least one per call; all in one call when they fit; ``stack_rows`` 0: one each), in
+    as few calls as that allows, of near-equal sizes (9 targets, 4 per call: 3, 3, 3)."""
+    fit = 1 if stack_rows <= 0 else max(1, stack_rows // max(n_rows, 1))
+    calls = -(-n_targets // fit)
+    per = -(-n_targets // calls)
     return [range(t, min(n_targets, t + per)) for t in range(0, n_targets, per)]
 
 
@@ -235,7 +265,7 @@ def _round(model: nn.Module, x: Tensor, y: Tensor, best: Tensor, r: Tensor, norm
                 flipped = is_adversarial(model, cand, y[stacked])
             size = lp_norm(cand - x[stacked], norm).to(x.device).double()
             size = torch.where(flipped & (size > 0), size, torch.full_like(size, math.inf))
-            size, cand = size.view(len(chunk), -1), cand.view(len(chunk), rows.numel(), *x.shape[1:])
+            size, cand = size.reshape(len(chunk), -1), cand.reshape(len(chunk), rows.numel(), *x.shape[1:])
             for i, t in enumerate(chunk):  # in target order, as if searched one after another
                 norms[t, rows] = size[i]
                 better = size[i] * MIN_GAIN < r[rows]
