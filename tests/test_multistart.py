@@ -109,8 +109,8 @@ def _targeted_distance(lin: nn.Linear, model: nn.Module, x, y, cls: torch.Tensor
 
 # The fixture's 10 rows fall into radius groups of 1, 8 and 1 rows. stack_rows 0: one target
 # per call; 5: the 8-row group is larger than a call may be (one target per call), the single
-# rows get all 9 targets in one call; 20: the 8-row group in chunks of 2, 2, 2, 2 and 1
-# targets; 256: every group's 9 targets in one call.
+# rows get their 9 targets in calls of 5 and 4; 20: the 8-row group in chunks of 2, 2, 2, 2
+# and 1 targets; 256: every group's 9 targets in one call.
 @pytest.mark.parametrize("stack_rows", [0, 5, 20, 256])
 def test_stacked_searches_keep_each_row_and_target_apart(linear, stack_rows):
     """Each candidate of a (stacked) round is the targeted search of its own row towards its
@@ -143,17 +143,20 @@ def test_rows_fab_does_not_attack_come_back_unattacked_and_the_others_keep_their
     when recomputed in another batch composition) and hands its step that subset; the row
     targets must follow it (before: a shape error that ended the run)."""
     model, lin, x, y = linear
+    torch.manual_seed(0)  # FAB's random starts: this test's own, whatever ran before it
+    skipped = 4  # a middle row: the targets after it must shift by one, those before it not
     labels = y.clone()
-    labels[0] = (y[0] + 1) % K  # FAB sees row 0 as misclassified and skips it
+    labels[skipped] = (y[skipped] + 1) % K  # FAB sees it as misclassified and skips it
     others = model(x).detach().scatter(1, y.unsqueeze(1), -math.inf)
     aims = others.argsort(1, descending=True)[:, 1]  # each row's 2nd runner-up: a real target
     want = _targeted_distance(lin, model, x, y, aims)
     eps = float(2.0 ** math.ceil(math.log2(2 * float(want.max()))))  # as multistart's radius groups
     point = _candidate(model, x, labels, "Linf", eps, aims, 20, K, Polish(rounds=0, refine_steps=0))
-    assert torch.equal(point[0], x[0])
-    ratio = lp_norm(point[1:] - x[1:], "Linf").double() / want[1:]
-    assert is_adversarial(model, point[1:], y[1:]).all()
-    assert (ratio >= 1 - 1e-4).all() and (ratio <= 1.1).all(), ratio
+    assert torch.equal(point[skipped], x[skipped])
+    rest = torch.arange(len(x)) != skipped
+    ratio = lp_norm(point[rest] - x[rest], "Linf").double() / want[rest]
+    assert is_adversarial(model, point[rest], y[rest]).all()
+    assert (ratio >= 1 - 1e-4).all() and (ratio <= 1.15).all(), ratio
 
 
 def test_non_adversarial_rows_are_left_alone_and_not_charged(linear):

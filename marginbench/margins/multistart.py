@@ -239,7 +239,8 @@ def target_classes(model: nn.Module, scores: Tensor, best: Tensor, n: int) -> Te
 def _target_chunks(n_targets: int, n_rows: int, stack_rows: int) -> list[range]:
     """Targets searched together in one stacked call: as many as fit in ``stack_rows`` rows
     (at least one per call; all in one call when they fit; ``stack_rows`` 0: one each), in
-    as few calls as that allows, of near-equal sizes (9 targets, 4 per call: 3, 3, 3)."""
+    as few calls as that allows, the largest as small as that allows (9 targets, 4 fit per
+    call: 3, 3, 3 rather than 4, 4, 1)."""
     fit = 1 if stack_rows <= 0 else max(1, stack_rows // max(n_rows, 1))
     calls = -(-n_targets // fit)
     per = -(-n_targets // calls)
