@@ -260,11 +260,12 @@ def _round(model: nn.Module, x: Tensor, y: Tensor, best: Tensor, r: Tensor, norm
             # rows repeated once per target of the chunk, target-major: row i of target t is
             # stacked row t * len(rows) + i (the cost counter charges each to its sample)
             stacked = rows.repeat(len(chunk))
+            xs, ys = x[stacked], y[stacked]
             aims = targets[rows][:, chunk.start: chunk.stop].T.reshape(-1)
             with charged_to(model, stacked):
-                cand = _candidate(model, x[stacked], y[stacked], norm, eps, aims, budget.steps, n_classes, polish)
-                flipped = is_adversarial(model, cand, y[stacked])
-            size = lp_norm(cand - x[stacked], norm).to(x.device).double()
+                cand = _candidate(model, xs, ys, norm, eps, aims, budget.steps, n_classes, polish)
+                flipped = is_adversarial(model, cand, ys)
+            size = lp_norm(cand - xs, norm).to(x.device).double()
             size = torch.where(flipped & (size > 0), size, torch.full_like(size, math.inf))
             size, cand = size.reshape(len(chunk), -1), cand.reshape(len(chunk), rows.numel(), *x.shape[1:])
             for i, t in enumerate(chunk):  # in target order, as if searched one after another
