@@ -100,11 +100,13 @@ def test_linear_model_reaches_the_closed_form_from_a_loose_start(linear, norm):
     assert (agreement >= 1).all() and (agreement <= K - 1).all()
 
 
-def _targeted_distance(lin: nn.Linear, model: nn.Module, x, y, cls: torch.Tensor) -> torch.Tensor:
-    """Closed-form L-inf distance from x[i] to the boundary between y[i] and cls[i]."""
-    W, f = lin.weight.detach().double(), model(x).detach().double()
+def _targeted_distance(lin: nn.Linear, x, y, cls: torch.Tensor, norm: str = "Linf") -> torch.Tensor:
+    """Closed form of the distance from x[i] to the boundary between y[i] and cls[i] on the
+    linear model: (f_y - f_c) / ||w_y - w_c||_dual (L1 for L-inf, L2 for L2)."""
+    W, b = lin.weight.detach().double(), lin.bias.detach().double()
+    f = x.flatten(1).double() @ W.T + b  # the logits in float64, not the model's float32
     u = torch.arange(len(x))
-    return (f[u, y] - f[u, cls]) / (W[cls] - W[y]).abs().sum(1)
+    return (f[u, y] - f[u, cls]) / (W[cls] - W[y]).norm(p=1 if norm == "Linf" else 2, dim=1)
 
 
 # The fixture's 10 rows fall into radius groups of 1, 8 and 1 rows. stack_rows 0: one target
@@ -127,7 +129,7 @@ def test_stacked_searches_keep_each_row_and_target_apart(linear, stack_rows):
     budget = MultiStart(targets=K - 1, steps=20, stack_rows=stack_rows)
     best, r = start.clone(), r0.clone()
     norms = _round(model, x, y, best, r, "Linf", budget, scores, Polish(rounds=0, refine_steps=0))
-    want = torch.stack([_targeted_distance(lin, model, x, y, targets[:, t]) for t in range(K - 1)])
+    want = torch.stack([_targeted_distance(lin, x, y, targets[:, t]) for t in range(K - 1)])
     ratio = norms / want
     assert (ratio >= 1 - 1e-4).all() and (ratio <= 1.1).all(), ratio
     expected = r0.clone()  # the old one-target-per-call rule: replace when smaller by MIN_GAIN
@@ -149,7 +151,7 @@ def test_rows_fab_does_not_attack_come_back_unattacked_and_the_others_keep_their
     labels[skipped] = (y[skipped] + 1) % K  # FAB sees it as misclassified and skips it
     others = model(x).detach().scatter(1, y.unsqueeze(1), -math.inf)
     aims = others.argsort(1, descending=True)[:, 1]  # each row's 2nd runner-up: a real target
-    want = _targeted_distance(lin, model, x, y, aims)
+    want = _targeted_distance(lin, x, y, aims)
     eps = float(2.0 ** math.ceil(math.log2(2 * float(want.max()))))  # as multistart's radius groups
     point = _candidate(model, x, labels, "Linf", eps, aims, 20, K, Polish(rounds=0, refine_steps=0))
     assert torch.equal(point[skipped], x[skipped])
@@ -271,16 +273,13 @@ def test_linear_order_is_the_exact_distance_on_a_linear_model(linear, norm):
     (f_y - f_j) / ||w_y - w_j||_dual, the closed form of the pairwise boundary."""
     model, lin, x, y = linear
     dist = linear_distances(model, x, y, norm)
-    w, b = lin.weight.detach().double(), lin.bias.detach().double()
-    logits = x.flatten(1).double() @ w.T + b
-    dual = 1 if norm == "Linf" else 2
-    for i in range(len(x)):
-        for j in range(K):
+    for j in range(K):
+        expected = _targeted_distance(lin, x, y, torch.full_like(y, j), norm)
+        for i in range(len(x)):
             if j == int(y[i]):
                 assert math.isinf(dist[i, j])
                 continue
-            expected = (logits[i, y[i]] - logits[i, j]) / (w[y[i]] - w[j]).norm(p=dual)
-            assert float(dist[i, j]) == pytest.approx(float(expected), rel=1e-4)
+            assert float(dist[i, j]) == pytest.approx(float(expected[i]), rel=1e-4)
     # best = x lands in y itself: no runner-up is pushed last, the order is the distances'
     order = target_classes(model, runner_up_scores(model, x, y, "linear", norm), x.clone(), K - 1)
     assert torch.equal(order, dist.argsort(1)[:, : K - 1])
