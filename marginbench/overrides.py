@@ -88,6 +88,9 @@ def explain_compose_error(error: BaseException) -> str:
         known = list(OmegaConf.select(node, parent).keys()) if parent and OmegaConf.select(node, parent) is not None else list(node.keys())
         guess = difflib.get_close_matches(leaf, known, n=1)
         hint = f" (did you mean '{f'{parent}.' if parent else ''}{guess[0]}'?)" if guess else ""
+        if parent == "attack.options":  # free-form: a preset's yaml lists only the options it sets
+            return (f"attack option '{leaf}' is not set by this attack preset; add it with a leading ++ "
+                    f"(++{key}=VALUE), see README \"Margin estimators\" for the options")
         return f"unknown config key '{key}'{hint}; run `marginbench run --help` for the keys"
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:

@@ -246,6 +246,9 @@ def _a_file(key: str):
 BAD_INPUTS = [
     ("unknown key", lambda t: "modle=XU80", "did you mean 'model'"),
     ("unknown nested key", lambda t: "attack.stepz=3", "unknown config key"),
+    ("option the preset does not set", lambda t: "attack.options.multistart_stack_rows=0", "++attack.options.multistart_stack_rows=VALUE"),
+    ("option added with ++, bad value", lambda t: "attack=fab_polish_multistart ++attack.options.multistart_stack_rows=-1",
+     "multistart_stack_rows >= 0"),
     ("wrong type n_samples", lambda t: "n_samples=abc", "n_samples=abc"),
     ("wrong type batch_size", lambda t: "batch_size=1.5", "batch_size"),
     ("eps not a number", lambda t: "eps=abc", "eps='abc' is not a number"),
