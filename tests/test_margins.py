@@ -14,7 +14,7 @@ from torch import nn
 from marginbench.config import AttackConfig, attack_label, attack_preset, group_options
 from marginbench.errors import MarginbenchError
 from marginbench.margins import DEFAULT_ATTACK, ESTIMATORS, MarginBatch, build_estimator, verify
-from marginbench.margins.base import BACKOFF_FACTORS, AttackSpec, Estimator
+from marginbench.margins.base import BACKOFF_FACTORS, OPTION_RULES, AttackSpec, Estimator, check_options
 from marginbench.margins.counting import CountingModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,3 +355,23 @@ def test_channels_last_inputs_give_the_same_margins(name):
     channels_last = est(model, x.contiguous(memory_format=torch.channels_last), y)
     assert standard.success.all()
     np.testing.assert_array_equal(channels_last.margin, standard.margin)
+
+
+def test_every_shipped_preset_passes_the_option_rules():
+    for name in group_options("attack"):
+        options = dict(attack_preset(name)["options"] or {})
+        check_options(name, options)  # raises on a value the rules refuse
+
+
+@pytest.mark.parametrize(("key", "value", "ok"), [
+    ("polish_rounds", 3, True), ("polish_rounds", 3.0, True), ("polish_rounds", 3.5, False),
+    ("polish_rounds", True, False), ("polish_rounds", "3", False), ("polish_rounds", -1, False),
+    ("polish_steps", 0, False), ("polish_rho", 0.05, True), ("polish_rho", 0, False), ("polish_rho", 1, False),
+    ("polish_min_rho", 0, True), ("eps_init", float("inf"), False), ("eps_init", float("nan"), False),
+    ("seed", -7, True), ("multistart_order", "linear", True), ("multistart_order", 1, False),
+])
+def test_option_rules_accept_exactly_what_they_say(key, value, ok):
+    assert OPTION_RULES[key].accepts(value) is ok
+    if not ok:
+        with pytest.raises(MarginbenchError, match=rf"attack a: attack.options.{key} must be "):
+            check_options("a", {key: value})

@@ -241,11 +241,13 @@ def test_oracle_multistart_is_tighter_all(net):
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"multistart_targets": 0}, "multistart_targets and multistart_steps"),
-    ({"multistart_steps": 0}, "multistart_targets and multistart_steps"),
-    ({"multistart_agree": -1}, "multistart_targets and multistart_steps"),
-    ({"multistart_stack_rows": -1}, "multistart_agree and multistart_stack_rows >= 0"),
-    ({"multistart_order": "random"}, "multistart_order must be one of logit, linear"),
+    ({"multistart_targets": 0}, "multistart_targets must be an integer >= 1; got 0$"),
+    ({"multistart_steps": 0}, "multistart_steps must be an integer >= 1; got 0$"),
+    ({"multistart_agree": -1}, "multistart_agree must be an integer >= 0; got -1$"),
+    ({"multistart_stack_rows": -1}, "multistart_stack_rows must be an integer >= 0; got -1$"),
+    ({"multistart_order": "random"}, "multistart_order must be one of logit, linear; got 'random'$"),
+    # checked although this preset runs no multi-start round: a typo is not ignored
+    ({"multistart_rounds": 0, "multistart_targets": -2}, "multistart_targets must be an integer >= 1; got -2$"),
 ])
 def test_bad_multistart_options_are_one_line_errors(options, message):
     # at build time (settings.validate builds the estimator before any model is loaded)

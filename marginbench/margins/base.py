@@ -29,6 +29,76 @@ from marginbench.margins.verify import NORMS, verify
 OWN_OPTIONS = ("seed", "refine_steps", "polish_rounds", "polish_steps", "polish_rho", "polish_min_rho", "polish_project",
                "multistart_rounds", "multistart_targets", "multistart_steps", "multistart_agree",
                "multistart_order", "multistart_stack_rows")
+# options.jacobian of the FAB attacks (fab.py): pyautoattack's K backward calls or one batched VJP
+JACOBIAN_MODES = ("loop", "batched")
+
+
+@dataclass(frozen=True)
+class OptionRule:
+    """What one option marginbench reads itself may be: an integer or a number in
+    [low, high] (``open_low``: low itself excluded, ``high`` always excluded when given),
+    or one of ``choices``."""
+
+    kind: str  # "int", "float" or "choice"
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple[str, ...] = ()
+
+    def need(self) -> str:
+        if self.kind == "choice":
+            return f"one of {', '.join(self.choices)}"
+        what = "an integer" if self.kind == "int" else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{what} in {'(' if self.open_low else '['}{self.low:g}, {self.high:g})"
+        if self.low is not None:
+            return f"{what} {'>' if self.open_low else '>='} {self.low:g}"
+        return what
+
+    def accepts(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return isinstance(value, str) and value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            return False
+        if self.kind == "int" and not float(value).is_integer():
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value < self.high
+
+
+# Every option marginbench reads itself (OWN_OPTIONS, and those an attack function takes out
+# before its library call), checked when the estimator is built, so that settings.validate
+# rejects a bad value before any model is loaded, even for a stage the preset does not run
+# (a typo there would otherwise be ignored silently, or crash the run half way).
+OPTION_RULES: dict[str, OptionRule] = {
+    "seed": OptionRule("int"),
+    "refine_steps": OptionRule("int", 0),
+    "polish_rounds": OptionRule("int", 0),
+    "polish_steps": OptionRule("int", 1),
+    "polish_rho": OptionRule("float", 0, 1, open_low=True),  # the ball asked for: r * (1 - rho)
+    "polish_min_rho": OptionRule("float", 0, 1),
+    "polish_project": OptionRule("int", 0),
+    "multistart_rounds": OptionRule("int", 0),
+    "multistart_targets": OptionRule("int", 1),
+    "multistart_steps": OptionRule("int", 1),
+    "multistart_agree": OptionRule("int", 0),
+    "multistart_order": OptionRule("choice", choices=TARGET_ORDERS),
+    "multistart_stack_rows": OptionRule("int", 0),
+    "jacobian": OptionRule("choice", choices=JACOBIAN_MODES),  # fab.py
+    "candidates": OptionRule("int", 1),  # fab_topk: runner-up classes linearised per step
+    "n_target_classes": OptionRule("int", 1),  # fab_targeted
+    "search_steps": OptionRule("int", 1),  # apgd_bisect, square: runs of the eps search
+    "eps_init": OptionRule("float", 0, open_low=True),  # apgd_bisect, square: first eps tried
+}
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """One-line MarginbenchError for the first option in OPTION_RULES whose value is not allowed."""
+    for key, value in options.items():
+        rule = OPTION_RULES.get(key)
+        if rule is not None and not rule.accepts(value):
+            raise MarginbenchError(f"attack {name}: attack.options.{key} must be {rule.need()}; got {value!r}")
 # Perturbation scalings tried when a point fails verification only by rounding (see _run).
 BACKOFF_FACTORS = (1.001, 1.01)
 # Per-sample ``status`` of a margin: "exact" (certified lower bound within EXACT_TOL of the
@@ -187,17 +257,7 @@ class AttackSpec:
                             agree=int(o.get("multistart_agree", default.agree)), seed=self.seed,
                             order=str(o.get("multistart_order", default.order)),
                             stack_rows=int(o.get("multistart_stack_rows", default.stack_rows)))
-        if min(starts.targets, starts.steps) < 1 or min(starts.agree, starts.stack_rows) < 0:
-            raise MarginbenchError(
-                f"attack {self.name}: multistart_targets and multistart_steps must be >= 1, "
-                f"multistart_agree and multistart_stack_rows >= 0; got {starts.targets}, {starts.steps}, "
-                f"{starts.agree}, {starts.stack_rows}"
-            )
-        if starts.order not in TARGET_ORDERS:
-            raise MarginbenchError(
-                f"attack {self.name}: multistart_order must be one of {', '.join(TARGET_ORDERS)}; got {starts.order!r}"
-            )
-        return starts
+        return starts  # its values were checked by check_options (Estimator.__init__)
 
     def library_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.options.items() if k not in OWN_OPTIONS}
@@ -271,8 +331,9 @@ class Estimator:
         self.norm = norm
         self.fn = fn
         self.name = label or spec.name
-        # parsed (and its options checked) here: build_estimator runs in settings.validate,
-        # so a bad multistart_* option fails before any model is loaded or attacked
+        # checked and parsed here: build_estimator runs in settings.validate, so a bad
+        # option fails before any model is loaded or attacked
+        check_options(self.name, spec.options)
         self.starts = spec.multistart
 
     def __repr__(self) -> str:

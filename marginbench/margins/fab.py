@@ -25,7 +25,7 @@ import torch
 from pyautoattack.fab_pt import FABAttack_PT
 from torch import Tensor
 
-from marginbench.margins.base import AttackSpec, isolated_rng
+from marginbench.margins.base import JACOBIAN_MODES, AttackSpec, isolated_rng
 from marginbench.margins.counting import CountingModel
 from marginbench.margins.verify import keep_smallest_flip, lp_norm
 
@@ -150,9 +150,7 @@ def _pop_jacobian(spec: AttackSpec) -> tuple[AttackSpec, bool]:
     """options.jacobian: ``loop`` (pyautoattack's K backward calls, default) or ``batched``
     (one batched VJP); not a library option, so it is taken out before make_fab."""
     opts = dict(spec.options)
-    mode = str(opts.pop("jacobian", "loop"))
-    if mode not in ("loop", "batched"):
-        raise ValueError(f"attack.options.jacobian must be loop or batched, got {mode!r}")
+    mode = str(opts.pop("jacobian", JACOBIAN_MODES[0]))  # its value: base.check_options
     return AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts), mode == "batched"
 
 
