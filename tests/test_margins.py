@@ -14,7 +14,13 @@ from torch import nn
 from marginbench.config import AttackConfig, attack_label, attack_preset, group_options
 from marginbench.errors import MarginbenchError
 from marginbench.margins import DEFAULT_ATTACK, ESTIMATORS, MarginBatch, build_estimator, verify
-from marginbench.margins.base import BACKOFF_FACTORS, OPTION_RULES, AttackSpec, Estimator, check_options
+from marginbench.margins.base import (
+    BACKOFF_FACTORS,
+    OPTION_RULES,
+    AttackSpec,
+    Estimator,
+    check_options,
+)
 from marginbench.margins.counting import CountingModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -368,7 +374,8 @@ def test_every_shipped_preset_passes_the_option_rules():
     ("polish_rounds", True, False), ("polish_rounds", "3", False), ("polish_rounds", -1, False),
     ("polish_steps", 0, False), ("polish_rho", 0.05, True), ("polish_rho", 0, False), ("polish_rho", 1, False),
     ("polish_min_rho", 0, True), ("eps_init", float("inf"), False), ("eps_init", float("nan"), False),
-    ("seed", -7, True), ("multistart_order", "linear", True), ("multistart_order", 1, False),
+    ("seed", -7, True), ("seed", np.int64(3), True), ("polish_rho", np.float32(0.1), True),
+    ("multistart_order", "linear", True), ("multistart_order", 1, False),
 ])
 def test_option_rules_accept_exactly_what_they_say(key, value, ok):
     assert OPTION_RULES[key].accepts(value) is ok

@@ -58,13 +58,14 @@ class OptionRule:
     def accepts(self, value: Any) -> bool:
         if self.kind == "choice":
             return isinstance(value, str) and value in self.choices
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(value):
             return False
         if self.kind == "int" and not float(value).is_integer():
             return False
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):
             return False
-        return self.high is None or value < self.high
+        return bool(self.high is None or value < self.high)
 
 
 # Every option marginbench reads itself (OWN_OPTIONS, and those an attack function takes out
