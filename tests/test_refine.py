@@ -85,3 +85,22 @@ def test_polish_min_rho_stops_converged_samples_early_and_stays_within_one_perce
     for ratio in margins.values():
         assert (ratio >= 1 - 1e-5).all() and (ratio <= 1.01).all(), ratio
     assert passes[0.002] < 0.8 * passes[0.0], passes
+
+
+def test_only_the_rows_a_round_improved_run_the_next_one(linear):  # noqa: F811
+    """A row the last round did not improve would repeat that round exactly: it stops, the
+    others go on (they used to hold the round open for every row)."""
+    model, lin, x, y = linear
+    _, delta = closed_form(lin, model, x, y, "Linf")
+    settled = project(model, x, x + 1.6 * delta, y, "Linf", rounds=1)  # on the boundary already
+    start = torch.cat([settled[:5], (x + 1.6 * delta)[5:]])  # rows 5-9: 60 % too far
+    counting = CountingModel(model, len(x))
+    out = project(counting, x, start, y, "Linf", rounds=3)
+    per_round = 2 * 3  # classes * steps backward passes per row and round
+    assert (counting.backward_counts[:5] == per_round).all(), counting.backward_counts
+    # round 1 moves them onto the boundary, round 2 finds nothing better: they stop there
+    assert (counting.backward_counts[5:] == 2 * per_round).all(), counting.backward_counts
+    assert torch.equal(out[:5], settled[:5])
+    margin, ok, _ = verify(model, x, out, y, "Linf")
+    exact, _ = closed_form(lin, model, x, y, "Linf")
+    assert ok.all() and (margin <= exact * (1 + 1e-3)).all()

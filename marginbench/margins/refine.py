@@ -191,29 +191,41 @@ def project(
     Why: on a piecewise-linear network the boundary is exactly linear inside the best point's
     activation region, so one projection lands on that region's closest boundary point,
     where shrink's sign-gradient PGD only creeps towards it. ``rounds`` repeats from the new
-    best point while any sample improves. Cost per round and sample: ``classes * steps``
-    forward + backward passes and as many forward passes. Never worse than the input.
+    best point, for the samples the last round improved: one it did not would repeat it
+    exactly (same point, same linearisations). Cost per round and sample: ``classes *
+    steps`` forward + backward passes and as many forward passes. Never worse than the input.
     """
     idx, xs, ys, best, r = _adversarial_rows(model, x, x_adv, y_pred, norm, adversarial)
     if idx.numel() == 0 or rounds <= 0:
         return x_adv
-    view = (-1,) + (1,) * (x.ndim - 1)
+    live = torch.arange(idx.numel(), device=x.device)  # the rows the last round improved
     with charged_to(model, idx):
         for _ in range(rounds):
-            improved = torch.zeros_like(r, dtype=torch.bool)
-            with torch.no_grad():
-                others = model(best).scatter(1, ys.unsqueeze(1), -float("inf"))
-            for cls in others.topk(min(classes, others.shape[1] - 1), dim=1).indices.T:
-                z = best
-                for _ in range(steps):
-                    z = _linearised_projection(model, xs, ys, z, cls, norm)
-                    size = lp_norm(z - xs, norm).to(device=x.device, dtype=x.dtype)
-                    better = is_adversarial(model, z, ys) & (size < r)
-                    best = torch.where(better.view(view), z, best)
-                    r = torch.where(better, size, r)
-                    improved |= better
-            if not bool(improved.any()):
+            with charged_to(model, live):
+                best[live], r[live], improved = _project_round(model, xs[live], ys[live], best[live], r[live],
+                                                               norm, classes, steps)
+            live = live[improved]
+            if live.numel() == 0:
                 break
     out = x_adv.clone()
     out[idx] = best
     return out
+
+
+def _project_round(model: nn.Module, xs: Tensor, ys: Tensor, best: Tensor, r: Tensor, norm: str,
+                   classes: int, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One round of ``project`` on these rows: their new best points and norms, and which improved."""
+    view = (-1,) + (1,) * (xs.ndim - 1)
+    improved = torch.zeros_like(r, dtype=torch.bool)
+    with torch.no_grad():
+        others = model(best).scatter(1, ys.unsqueeze(1), -float("inf"))
+    for cls in others.topk(min(classes, others.shape[1] - 1), dim=1).indices.T:
+        z = best
+        for _ in range(steps):
+            z = _linearised_projection(model, xs, ys, z, cls, norm)
+            size = lp_norm(z - xs, norm).to(device=xs.device, dtype=xs.dtype)
+            better = is_adversarial(model, z, ys) & (size < r)
+            best = torch.where(better.view(view), z, best)
+            r = torch.where(better, size, r)
+            improved |= better
+    return best, r, improved
