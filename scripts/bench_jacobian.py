@@ -30,6 +30,7 @@ from bench_margins import load_attack, load_data, load_model, run_estimator
 
 from marginbench.margins import build_estimator
 from marginbench.margins.base import AttackSpec
+from marginbench.margins.counting import frozen_parameters
 from marginbench.margins.fab import BatchedFABAttack, FABAttack_PT, make_fab
 from marginbench.oracle import load_oracle
 
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     model, x = model_and_inputs(args.model, args.data, max([args.n, *args.rows]) if args.calls else args.n)
     if args.calls:
         print(f"model={args.model} K={model(x[:1]).shape[1]} threads={torch.get_num_threads()}")
-        time_calls(model, x, args.rows, max(args.repeats, 1))
+        with frozen_parameters(model):  # as in a run: input gradients only (the loop's backward() would add weight grads)
+            time_calls(model, x, args.rows, max(args.repeats, 1))
         return 0
     with torch.no_grad():
         y_pred = model(x).argmax(1)

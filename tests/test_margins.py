@@ -374,7 +374,8 @@ def test_every_shipped_preset_passes_the_option_rules():
     ("polish_rounds", True, False), ("polish_rounds", "3", False), ("polish_rounds", -1, False),
     ("polish_steps", 0, False), ("polish_rho", 0.05, True), ("polish_rho", 0, False), ("polish_rho", 1, False),
     ("polish_min_rho", 0, True), ("eps_init", float("inf"), False), ("eps_init", float("nan"), False),
-    ("seed", -7, True), ("seed", np.int64(3), True), ("polish_rho", np.float32(0.1), True),
+    ("seed", 7, True), ("seed", -7, False), ("seed", 2**64, False), ("seed", np.int64(3), True),
+    ("polish_rho", "2e-3", True), ("polish_rho", "abc", False), ("time_limit", 0, False), ("polish_rho", np.float32(0.1), True),
     ("multistart_order", "linear", True), ("multistart_order", 1, False),
 ])
 def test_option_rules_accept_exactly_what_they_say(key, value, ok):

@@ -18,7 +18,7 @@ result is verified (verify.py); failures are margin +inf with success False.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from marginbench.config import attack_preset, group_options
@@ -38,6 +38,14 @@ ESTIMATORS = {
     "alma": advlib.alma,
     "square": square.square_bisect,
     "exact": exact.exact_margin,  # MILP, small piecewise-linear nets only (exact.py)
+}
+
+# Build-time checks of the options only one attack reads (base.OPTION_RULES holds the shared
+# ones): settings.validate builds the estimator, so these fail before any model is loaded.
+ATTACK_CHECKS: dict[str, Callable[[AttackSpec], None]] = {
+    "exact": exact.check_exact_options,
+    "apgd_bisect": advlib.check_apgd_options,
+    "square": square.check_square_options,
 }
 
 MEMBER_KEYS = ("steps", "restarts", "refine", "options")
@@ -71,7 +79,10 @@ def _single(name: str, spec: AttackSpec, norm: str, label: str | None = None) ->
         )
     if spec.steps < 1 or spec.restarts < 1:
         raise MarginbenchError(f"attack {name}: steps and restarts must be >= 1 (got {spec.steps}, {spec.restarts})")
-    return Estimator(spec, norm, ESTIMATORS[name], label=label)
+    estimator = Estimator(spec, norm, ESTIMATORS[name], label=label)
+    if name in ATTACK_CHECKS:
+        ATTACK_CHECKS[name](spec)
+    return estimator
 
 
 def member_defaults(base_name: str) -> AttackSpec:

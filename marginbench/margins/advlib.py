@@ -60,6 +60,16 @@ def fmn(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec)
         return best
 
 
+APGD_LOSSES = ("dlr", "ce")  # adv-lib's apgd loss_function
+
+
+def check_apgd_options(spec: AttackSpec) -> None:
+    """Build-time check of apgd_bisect's own option (margins.ATTACK_CHECKS)."""
+    loss = spec.options.get("loss", APGD_LOSSES[0])
+    if loss not in APGD_LOSSES:
+        raise MarginbenchError(f"attack {spec.name}: attack.options.loss must be one of {', '.join(APGD_LOSSES)}; got {loss!r}")
+
+
 def apgd_bisect(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec) -> Tensor:
     """APGD at a per-sample eps, searched per sample: doubling until a first success, then
     bisection between the largest failed eps and the smallest successful norm.

@@ -10,6 +10,7 @@ candidate, and returns a :class:`MarginBatch`.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,16 +51,23 @@ class OptionRule:
             return f"one of {', '.join(self.choices)}"
         what = "an integer" if self.kind == "int" else "a number"
         if self.low is not None and self.high is not None:
-            return f"{what} in {'(' if self.open_low else '['}{self.low:g}, {self.high:g})"
+            return f"{what} in {'(' if self.open_low else '['}{_number(self.low)}, {_number(self.high)})"
         if self.low is not None:
-            return f"{what} {'>' if self.open_low else '>='} {self.low:g}"
+            return f"{what} {'>' if self.open_low else '>='} {_number(self.low)}"
         return what
 
     def accepts(self, value: Any) -> bool:
         if self.kind == "choice":
             return isinstance(value, str) and value in self.choices
+        if self.kind == "float" and isinstance(value, str):
+            # PyYAML (attack_preset: escalation families, ensemble members) reads 2e-3 as a
+            # string where Hydra reads a float: the same preset must mean the same thing
+            try:
+                value = float(value)
+            except ValueError:
+                return False
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(value):
+                or not math.isfinite(float(value)):
             return False
         if self.kind == "int" and not float(value).is_integer():
             return False
@@ -73,7 +81,7 @@ class OptionRule:
 # rejects a bad value before any model is loaded, even for a stage the preset does not run
 # (a typo there would otherwise be ignored silently, or crash the run half way).
 OPTION_RULES: dict[str, OptionRule] = {
-    "seed": OptionRule("int"),
+    "seed": OptionRule("int", 0, 2**63),  # torch.manual_seed's range (non-negative)
     "refine_steps": OptionRule("int", 0),
     "polish_rounds": OptionRule("int", 0),
     "polish_steps": OptionRule("int", 1),
@@ -91,7 +99,12 @@ OPTION_RULES: dict[str, OptionRule] = {
     "n_target_classes": OptionRule("int", 1),  # fab_targeted
     "search_steps": OptionRule("int", 1),  # apgd_bisect, square: runs of the eps search
     "eps_init": OptionRule("float", 0, open_low=True),  # apgd_bisect, square: first eps tried
+    "time_limit": OptionRule("float", 0, open_low=True),  # exact: MILP seconds per sample
 }
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
 def check_options(name: str, options: dict[str, Any]) -> None:

@@ -509,6 +509,12 @@ SOLVERS = ("highspy", "scipy")
 OPTIONS = ("time_limit", "formulation", "solver", "seed")
 
 
+def check_exact_options(spec: AttackSpec) -> None:
+    """Build-time check (margins.ATTACK_CHECKS): unknown options, formulation, solver, and
+    that highspy imports, before any model is loaded."""
+    _options(spec)
+
+
 def _options(spec: AttackSpec) -> tuple[float, str, str]:
     opts = dict(spec.options)
     unknown = set(opts) - set(OPTIONS)
