@@ -262,6 +262,11 @@ BAD_INPUTS = [
     ("exact time limit not a number", lambda t: "attack=exact attack.options.time_limit=abc",
      "time_limit must be a number > 0; got 'abc'"),
     ("unknown apgd loss", lambda t: "attack=apgd_bisect ++attack.options.loss=hinge", "loss must be one of dlr, ce; got 'hinge'"),
+    # library options: the name must be one the library call takes, the value of its default's kind
+    ("library option typo", lambda t: "++attack.options.alpah_max=0.1", "unknown attack option 'alpah_max' (FABAttack_PT.__init__ takes"),
+    ("library option not a number", lambda t: "++attack.options.alpha_max=abc", "attack.options.alpha_max must be a number; got 'abc'"),
+    ("library option set by marginbench", lambda t: "++attack.options.n_iter=5", "unknown attack option 'n_iter'"),
+    ("adv-lib option typo", lambda t: "attack=fmn ++attack.options.gama_init=0.1", "unknown attack option 'gama_init' (fmn takes"),
     ("wrong type n_samples", lambda t: "n_samples=abc", "n_samples=abc"),
     ("wrong type batch_size", lambda t: "batch_size=1.5", "batch_size"),
     ("eps not a number", lambda t: "eps=abc", "eps='abc' is not a number"),

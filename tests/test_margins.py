@@ -383,3 +383,16 @@ def test_option_rules_accept_exactly_what_they_say(key, value, ok):
     if not ok:
         with pytest.raises(MarginbenchError, match=rf"attack a: attack.options.{key} must be "):
             check_options("a", {key: value})
+
+
+def test_library_options_are_checked_against_the_library_call():
+    """adv-lib's Greek parameters go by their ASCII names; a name the call does not take, or
+    one marginbench sets itself, is a one-line error at build time."""
+    build_estimator(AttackConfig(name="fmn", steps=5, options={"gamma_init": 0.1, "alpha_init": 2.0}), "Linf")
+    build_estimator(AttackConfig(name="fab", steps=5, options={"alpha_max": 1, "eta": 1.1}), "Linf")
+    with pytest.raises(MarginbenchError, match=r"unknown attack option 'gama_init' \(fmn takes alpha_final, alpha_init, "):
+        build_estimator(AttackConfig(name="fmn", steps=5, options={"gama_init": 0.1}), "Linf")
+    with pytest.raises(MarginbenchError, match="unknown attack option 'n_queries'"):
+        build_estimator(AttackConfig(name="square", steps=5, options={"n_queries": 10}), "Linf")
+    with pytest.raises(MarginbenchError, match="attack.options.use_rs must be true or false; got 1"):
+        build_estimator(AttackConfig(name="apgd_bisect", steps=5, options={"use_rs": 1}), "Linf")

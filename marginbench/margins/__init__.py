@@ -18,8 +18,13 @@ result is verified (verify.py); failures are margin +inf with success False.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from pyautoattack.fab_pt import FABAttack_PT
+from pyautoattack.square import SquareAttack
 
 from marginbench.config import attack_preset, group_options
 from marginbench.errors import MarginbenchError
@@ -47,6 +52,66 @@ ATTACK_CHECKS: dict[str, Callable[[AttackSpec], None]] = {
     "apgd_bisect": advlib.check_apgd_options,
     "square": square.check_square_options,
 }
+
+
+
+@dataclass(frozen=True)
+class LibraryCall:
+    """The library callable an attack hands ``spec.library_options()`` to: the keywords
+    marginbench passes there itself (not settable through options), the options the attack
+    function takes out before the call (checked by OPTION_RULES / ATTACK_CHECKS), and how it
+    renames the others (adv-lib's Greek parameter names)."""
+
+    target: Callable[..., Any]
+    set_here: frozenset[str]
+    own: frozenset[str] = frozenset()
+    rename: Callable[[str], str] = str
+
+
+_FAB_SETS = frozenset({"self", "predict", "norm", "n_restarts", "n_iter", "seed", "targeted", "device", "verbose"})
+_ADV_LIB_SETS = frozenset({"model", "inputs", "labels"})
+LIBRARY_CALLS: dict[str, LibraryCall] = {
+    "fab": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian"})),
+    "fab_topk": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian", "candidates"})),
+    "fab_targeted": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"n_target_classes"})),
+    "fmn": LibraryCall(advlib._fmn, _ADV_LIB_SETS | {"norm", "steps", "starting_points"}, rename=advlib.greek_name),
+    "apgd_bisect": LibraryCall(advlib._apgd, _ADV_LIB_SETS | {"eps", "norm", "n_iter", "n_restarts", "loss_function"},
+                               frozenset({"search_steps", "eps_init", "loss"})),
+    "ddn": LibraryCall(advlib._ddn, _ADV_LIB_SETS | {"steps"}, rename=advlib.greek_name),
+    "alma": LibraryCall(advlib._alma, _ADV_LIB_SETS | {"num_steps"}, rename=advlib.greek_name),
+    "square": LibraryCall(SquareAttack.__init__, frozenset({"self", "predict", "norm", "n_queries", "eps", "n_restarts",
+                                                            "seed", "device"}), frozenset({"search_steps", "eps_init"})),
+}
+
+
+def check_library_options(name: str, spec: AttackSpec) -> None:
+    """One line for an option the attack's library call does not take (a typo crashed the
+    run with a TypeError after the model was loaded), or a value of the wrong kind where the
+    library's default says the kind (a number, a bool, a string)."""
+    call = LIBRARY_CALLS.get(name)
+    if call is None:
+        return
+    params = inspect.signature(call.target).parameters
+    ascii_names = {v: k for k, v in advlib._GREEK.items()} if call.rename is advlib.greek_name else {}
+    settable = sorted(ascii_names.get(k, k) for k, p in params.items()
+                      if k not in call.set_here and p.default is not inspect.Parameter.empty)
+    for key, value in spec.library_options().items():
+        if key in call.own:
+            continue
+        param = params.get(call.rename(key))
+        if param is None or param.name in call.set_here:
+            raise MarginbenchError(
+                f"attack {spec.name}: unknown attack option {key!r} ({call.target.__qualname__} takes "
+                f"{', '.join(settable)}{', ' if settable else ''}and marginbench's own: README \"Margin estimators\")"
+            )
+        default = param.default
+        kind = bool if isinstance(default, bool) else (int, float) if isinstance(default, (int, float)) else \
+            str if isinstance(default, str) else None
+        wrong = kind is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)))
+        if wrong:
+            what = {bool: "true or false", str: "a string"}.get(kind, "a number")
+            raise MarginbenchError(f"attack {spec.name}: attack.options.{key} must be {what}; got {value!r}")
+
 
 MEMBER_KEYS = ("steps", "restarts", "refine", "options")
 
@@ -82,6 +147,7 @@ def _single(name: str, spec: AttackSpec, norm: str, label: str | None = None) ->
     estimator = Estimator(spec, norm, ESTIMATORS[name], label=label)
     if name in ATTACK_CHECKS:
         ATTACK_CHECKS[name](spec)
+    check_library_options(name, spec)
     return estimator
 
 

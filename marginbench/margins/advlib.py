@@ -29,8 +29,13 @@ _GREEK = {
 }
 
 
+def greek_name(key: str) -> str:
+    """adv-lib's parameter name for an option (``gamma_init`` -> ``γ_init``)."""
+    return _GREEK.get(key, key)
+
+
 def _greek(opts: dict) -> dict:
-    return {_GREEK.get(k, k): v for k, v in opts.items()}
+    return {greek_name(k): v for k, v in opts.items()}
 
 
 def _only_l2(name: str, norm: str) -> None:
