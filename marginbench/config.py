@@ -269,14 +269,15 @@ def attack_preset(name: str) -> dict[str, Any]:
     The one reader of the attack presets (runs, ensemble members, summaries, the benchmark),
     so a preset's numbers live in its YAML file and nowhere else.
     """
-    import yaml
-
     path = CONFIG_DIR / "attack" / f"{name}.yaml"
     if not path.is_file():
         raise MarginbenchError(
             f"attack preset {name!r} does not exist; choose one of: {', '.join(group_options('attack'))}"
         )
-    values = yaml.safe_load(path.read_text()) or {}
+    from omegaconf import OmegaConf
+
+    # read by OmegaConf as Hydra reads it (PyYAML would read 1e-3 as the string '1e-3')
+    values = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
     values.pop("defaults", None)  # a Hydra defaults list is composition, not a field
     return {**asdict(AttackConfig()), **values}
 

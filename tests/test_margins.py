@@ -375,7 +375,7 @@ def test_every_shipped_preset_passes_the_option_rules():
     ("polish_steps", 0, False), ("polish_rho", 0.05, True), ("polish_rho", 0, False), ("polish_rho", 1, False),
     ("polish_min_rho", 0, True), ("eps_init", float("inf"), False), ("eps_init", float("nan"), False),
     ("seed", 7, True), ("seed", -7, False), ("seed", 2**64, False), ("seed", np.int64(3), True),
-    ("polish_rho", "2e-3", True), ("polish_rho", "abc", False), ("time_limit", 0, False), ("polish_rho", np.float32(0.1), True),
+    ("polish_rho", "0.5", False), ("polish_rho", "abc", False), ("time_limit", 0, False), ("polish_rho", np.float32(0.1), True),
     ("multistart_order", "linear", True), ("multistart_order", 1, False),
 ])
 def test_option_rules_accept_exactly_what_they_say(key, value, ok):
@@ -396,3 +396,20 @@ def test_library_options_are_checked_against_the_library_call():
         build_estimator(AttackConfig(name="square", steps=5, options={"n_queries": 10}), "Linf")
     with pytest.raises(MarginbenchError, match="attack.options.use_rs must be true or false; got 1"):
         build_estimator(AttackConfig(name="apgd_bisect", steps=5, options={"use_rs": 1}), "Linf")
+    with pytest.raises(MarginbenchError, match="attack.options.binary_search_steps must be an integer; got 2.5"):
+        build_estimator(AttackConfig(name="fmn", steps=5, options={"binary_search_steps": 2.5}), "Linf")
+    with pytest.raises(MarginbenchError, match="unknown attack option 'targeted'"):
+        build_estimator(AttackConfig(name="fmn", steps=5, options={"targeted": True}), "Linf")
+    build_estimator(AttackConfig(name="ddn", steps=5, options={"levels": None}), "L2")  # the library's default
+
+
+def test_a_preset_read_for_an_ensemble_member_has_the_numbers_hydra_reads(tmp_path, monkeypatch):
+    """attack_preset reads YAML as Hydra does: 1e-3 is a number, not the string PyYAML makes of it."""
+    import marginbench.config as config
+
+    (tmp_path / "attack").mkdir()
+    (tmp_path / "attack" / "mine.yaml").write_text("name: fmn\nsteps: 5\noptions:\n  gamma_final: 1e-3\n  polish_min_rho: 2e-3\n")
+    monkeypatch.setattr(config, "CONFIG_DIR", tmp_path)
+    options = config.attack_preset("mine")["options"]
+    assert options == {"gamma_final": 0.001, "polish_min_rho": 0.002}
+    build_estimator(config.attack_preset("mine"), "Linf")

@@ -69,7 +69,7 @@ class LibraryCall:
 
 
 _FAB_SETS = frozenset({"self", "predict", "norm", "n_restarts", "n_iter", "seed", "targeted", "device", "verbose"})
-_ADV_LIB_SETS = frozenset({"model", "inputs", "labels"})
+_ADV_LIB_SETS = frozenset({"model", "inputs", "labels", "targeted"})  # margins are untargeted
 LIBRARY_CALLS: dict[str, LibraryCall] = {
     "fab": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian"})),
     "fab_topk": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian", "candidates"})),
@@ -80,7 +80,8 @@ LIBRARY_CALLS: dict[str, LibraryCall] = {
     "ddn": LibraryCall(advlib._ddn, _ADV_LIB_SETS | {"steps"}, rename=advlib.greek_name),
     "alma": LibraryCall(advlib._alma, _ADV_LIB_SETS | {"num_steps"}, rename=advlib.greek_name),
     "square": LibraryCall(SquareAttack.__init__, frozenset({"self", "predict", "norm", "n_queries", "eps", "n_restarts",
-                                                            "seed", "device"}), frozenset({"search_steps", "eps_init"})),
+                                                            "seed", "device", "targeted"}),
+                          frozenset({"search_steps", "eps_init"})),
 }
 
 
@@ -105,11 +106,13 @@ def check_library_options(name: str, spec: AttackSpec) -> None:
                 f"{', '.join(settable)}{', ' if settable else ''}and marginbench's own: README \"Margin estimators\")"
             )
         default = param.default
-        kind = bool if isinstance(default, bool) else (int, float) if isinstance(default, (int, float)) else \
-            str if isinstance(default, str) else None
-        wrong = kind is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)))
+        kind = bool if isinstance(default, bool) else int if isinstance(default, int) else \
+            (int, float) if isinstance(default, float) else str if isinstance(default, str) else None
+        # None: the library's own default (marginbench passes ddn's levels=None itself)
+        wrong = value is not None and kind is not None and (
+            not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)))
         if wrong:
-            what = {bool: "true or false", str: "a string"}.get(kind, "a number")
+            what = {bool: "true or false", str: "a string", int: "an integer"}.get(kind, "a number")
             raise MarginbenchError(f"attack {spec.name}: attack.options.{key} must be {what}; got {value!r}")
 
 

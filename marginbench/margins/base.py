@@ -59,13 +59,6 @@ class OptionRule:
     def accepts(self, value: Any) -> bool:
         if self.kind == "choice":
             return isinstance(value, str) and value in self.choices
-        if self.kind == "float" and isinstance(value, str):
-            # PyYAML (attack_preset: escalation families, ensemble members) reads 2e-3 as a
-            # string where Hydra reads a float: the same preset must mean the same thing
-            try:
-                value = float(value)
-            except ValueError:
-                return False
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(float(value)):
             return False
