@@ -16,7 +16,7 @@ from adv_lib.attacks import fmn as _fmn
 from torch import Tensor
 
 from marginbench.errors import MarginbenchError
-from marginbench.margins.base import AttackSpec, isolated_rng
+from marginbench.margins.base import AttackSpec, OptionRule, check_options, isolated_rng
 from marginbench.margins.counting import CountingModel
 from marginbench.margins.verify import keep_smallest_flip
 
@@ -65,14 +65,13 @@ def fmn(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec)
         return best
 
 
-APGD_LOSSES = ("dlr", "ce")  # adv-lib's apgd loss_function
+# the options only apgd_bisect reads besides base.OPTION_RULES' (adv-lib's apgd loss_function)
+APGD_RULES = {"loss": OptionRule("choice", choices=("dlr", "ce"))}
 
 
 def check_apgd_options(spec: AttackSpec) -> None:
     """Build-time check of apgd_bisect's own option (margins.ATTACK_CHECKS)."""
-    loss = spec.options.get("loss", APGD_LOSSES[0])
-    if loss not in APGD_LOSSES:
-        raise MarginbenchError(f"attack {spec.name}: attack.options.loss must be one of {', '.join(APGD_LOSSES)}; got {loss!r}")
+    check_options(spec.name, spec.options, APGD_RULES)
 
 
 def apgd_bisect(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec) -> Tensor:

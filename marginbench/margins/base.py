@@ -100,10 +100,12 @@ def _number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
-def check_options(name: str, options: dict[str, Any]) -> None:
-    """One-line MarginbenchError for the first option in OPTION_RULES whose value is not allowed."""
+def check_options(name: str, options: dict[str, Any], rules: dict[str, OptionRule] | None = None) -> None:
+    """One-line MarginbenchError for the first option in ``rules`` (OPTION_RULES by default:
+    an attack passes its own table for the options only it reads) whose value is not allowed."""
+    rules = OPTION_RULES if rules is None else rules
     for key, value in options.items():
-        rule = OPTION_RULES.get(key)
+        rule = rules.get(key)
         if rule is not None and not rule.accepts(value):
             raise MarginbenchError(f"attack {name}: attack.options.{key} must be {rule.need()}; got {value!r}")
 # Perturbation scalings tried when a point fails verification only by rounding (see _run).

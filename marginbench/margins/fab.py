@@ -25,8 +25,7 @@ import torch
 from pyautoattack.fab_pt import FABAttack_PT
 from torch import Tensor
 
-from marginbench.errors import MarginbenchError
-from marginbench.margins.base import JACOBIAN_MODES, AttackSpec, isolated_rng
+from marginbench.margins.base import JACOBIAN_MODES, AttackSpec, check_options, isolated_rng
 from marginbench.margins.counting import CountingModel
 from marginbench.margins.verify import keep_smallest_flip, lp_norm
 
@@ -151,9 +150,8 @@ def _pop_jacobian(spec: AttackSpec) -> tuple[AttackSpec, bool]:
     """options.jacobian: ``loop`` (pyautoattack's K backward calls, default) or ``batched``
     (one batched VJP); not a library option, so it is taken out before make_fab."""
     opts = dict(spec.options)
-    mode = str(opts.pop("jacobian", JACOBIAN_MODES[0]))
-    if mode not in JACOBIAN_MODES:  # base.check_options refuses it first when built as an Estimator
-        raise MarginbenchError(f"attack.options.jacobian must be one of {', '.join(JACOBIAN_MODES)}; got {mode!r}")
+    mode = opts.pop("jacobian", JACOBIAN_MODES[0])
+    check_options(spec.name, {"jacobian": mode})  # done at build time already for an Estimator
     return AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts), mode == "batched"
 
 

@@ -18,19 +18,17 @@ import torch
 from pyautoattack.square import SquareAttack
 from torch import Tensor
 
-from marginbench.errors import MarginbenchError
-from marginbench.margins.base import AttackSpec, isolated_rng
+from marginbench.margins.base import AttackSpec, OptionRule, check_options, isolated_rng
 from marginbench.margins.counting import CountingModel
 from marginbench.margins.verify import keep_smallest_flip
 
-SQUARE_LOSSES = ("margin", "ce")  # pyautoattack's SquareAttack loss
+# the options only square reads besides base.OPTION_RULES' (pyautoattack's SquareAttack loss)
+SQUARE_RULES = {"loss": OptionRule("choice", choices=("margin", "ce"))}
 
 
 def check_square_options(spec: AttackSpec) -> None:
     """Build-time check of square's own option (margins.ATTACK_CHECKS)."""
-    loss = spec.options.get("loss", SQUARE_LOSSES[0])
-    if loss not in SQUARE_LOSSES:
-        raise MarginbenchError(f"attack {spec.name}: attack.options.loss must be one of {', '.join(SQUARE_LOSSES)}; got {loss!r}")
+    check_options(spec.name, spec.options, SQUARE_RULES)
 
 
 def _square_at(model: CountingModel, x: Tensor, y: Tensor, eps: Tensor, norm: str, spec: AttackSpec,
