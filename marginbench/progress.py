@@ -157,10 +157,19 @@ class PassProgress:
         self.size = 0
 
 
+ESCALATION_PREFIX = "escalation: "  # how the bar and the log name a failure-escalation family
+
+
 def attach(estimator: Any, hook: Any) -> None:
-    """Give ``estimator`` (or each member of an ensemble) the per-pass hook."""
+    """Give ``estimator`` (or each member of an ensemble) the per-pass hook, and each family
+    of a failure escalation (margins/escalate.py) one that names it as such: the families
+    run only on the base's failures, but a Square search on them can take minutes, and
+    without a hook of their own the bar went on naming the base and the log said nothing."""
     for member in getattr(estimator, "members", [estimator]):
         member.on_pass = hook
+    for family in getattr(estimator, "families", []):
+        family.on_pass = lambda name, forward_rows, backward_rows: hook(
+            ESCALATION_PREFIX + name, forward_rows, backward_rows)
 
 
 def estimator_budget(estimator: Any, n_classes: int) -> float:

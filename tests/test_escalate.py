@@ -116,3 +116,41 @@ def test_no_escalate_keeps_the_margin_key_and_label():
     assert "escalate" not in MarginParams(fab_polish, "Linf", 0).key_params()
     assert attack_label(fab_polish) == "fab_polish"
     assert attack_label(attack_preset("fab_polish_escalate")) == "fab_polish_escalate"
+
+
+def test_the_progress_hook_and_log_name_each_escalation_family(presets, caplog):
+    """The families get a hook of their own (progress.attach): before, the bar kept naming
+    the base and the log said nothing while a family ran on the failures."""
+    import logging
+
+    from tqdm import tqdm
+
+    from marginbench.progress import ESCALATION_PREFIX, PassProgress, attach
+
+    model = MaskedLinear()
+    x = torch.full((2, 1, 8, 8), 0.9)
+    y = model(x).argmax(1)
+    est = build_estimator(_escalating(), "Linf")
+    seen: list[str] = []
+    bar = tqdm(total=2, disable=True)
+    tracker = PassProgress(bar, "margins", 100.0, logging.getLogger("marginbench.test"), heartbeat_s=0)
+
+    def hook(member: str, forward_rows: int, backward_rows: int) -> None:
+        if not seen or seen[-1] != member:
+            seen.append(member)
+        tracker(member, forward_rows, backward_rows)
+
+    attach(est, hook)
+    tracker.start_batch(0, 2)
+    with caplog.at_level(logging.INFO, logger="marginbench"):
+        result = est(model, x, y)
+    tracker.finish_batch()
+    assert set(result.found_by) == {"square"}
+    # the base, then each family that ran (fab_restarts never did: square broke both)
+    ran = ("apgd_bisect", "fmn", "square")
+    assert seen == ["fab"] + [ESCALATION_PREFIX + f for f in ran]
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == ["margins: samples 0-1: running fab"] + [
+        line for f in ran for line in (f"escalation: 2 of 2 samples still unbroken; trying {f}",
+                                       f"margins: samples 0-1: running {ESCALATION_PREFIX}{f}")]
+    assert tracker.expected == (result.n_forward.sum() + result.n_backward.sum()) / 2

@@ -19,6 +19,7 @@ run without escalation.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,8 @@ from marginbench.margins.base import (
     MarginBatch,
     MarginEstimator,
 )
+
+log = logging.getLogger("marginbench")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class Escalation:
             left = np.flatnonzero(~result.success)
             if left.size == 0:
                 break
+            # how many: the progress bar only names the family that is running
+            log.info("escalation: %d of %d samples still unbroken; trying %s", left.size, len(result), family.name)
             idx = torch.as_tensor(left, device=x.device)
             # the base already checked y_pred against the model on the whole batch
             sub = family(model, x[idx], y_pred[idx], _checked=True)
