@@ -264,7 +264,17 @@ BAD_INPUTS = [
     ("unknown apgd loss", lambda t: "attack=apgd_bisect ++attack.options.loss=hinge", "loss must be one of dlr, ce; got 'hinge'"),
     # library options: the name must be one the library call takes, the value of its default's kind
     ("library option typo", lambda t: "++attack.options.alpah_max=0.1", "unknown attack option 'alpah_max' (FABAttack_PT.__init__ takes"),
-    ("library option not a number", lambda t: "++attack.options.alpha_max=abc", "attack.options.alpha_max must be a number; got 'abc'"),
+    ("library option not a number", lambda t: "++attack.options.alpha_max=abc", "attack.options.alpha_max must be a number in [0, 1]; got 'abc'"),
+    # library values outside the range their meaning allows: silently every sample unbroken, or a crash
+    ("FAB option out of its range", lambda t: "++attack.options.eta=-1", "attack.options.eta must be a number >= 1; got -1"),
+    ("adv-lib option out of its range", lambda t: "attack=fmn ++attack.options.alpha_init=-1",
+     "attack.options.alpha_init must be a number > 0; got -1"),
+    ("Square option out of its range", lambda t: "attack=square ++attack.options.p_init=5",
+     "attack.options.p_init must be a number in (0, 1]; got 5"),
+    ("APGD option that crashed mid-run", lambda t: "attack=apgd_bisect ++attack.options.eot_iter=0",
+     "attack.options.eot_iter must be an integer >= 1; got 0"),
+    ("integer too large for a float", lambda t: "++attack.options.seed=1" + "0" * 400,
+     "attack.options.seed must be an integer in [0, 9223372036854775808); got 1000"),
     ("library option set by marginbench", lambda t: "++attack.options.n_iter=5", "unknown attack option 'n_iter'"),
     ("adv-lib option typo", lambda t: "attack=fmn ++attack.options.gama_init=0.1", "unknown attack option 'gama_init' (fmn takes"),
     ("wrong type n_samples", lambda t: "n_samples=abc", "n_samples=abc"),

@@ -377,6 +377,7 @@ def test_every_shipped_preset_passes_the_option_rules():
     ("seed", 7, True), ("seed", -7, False), ("seed", 2**64, False), ("seed", np.int64(3), True),
     ("polish_rho", "0.5", False), ("polish_rho", "abc", False), ("time_limit", 0, False), ("polish_rho", np.float32(0.1), True),
     ("multistart_order", "linear", True), ("multistart_order", 1, False),
+    ("polish_rounds", 10**400, True), ("seed", 10**400, False),  # float(10**400) overflows
 ])
 def test_option_rules_accept_exactly_what_they_say(key, value, ok):
     assert OPTION_RULES[key].accepts(value) is ok
@@ -396,11 +397,49 @@ def test_library_options_are_checked_against_the_library_call():
         build_estimator(AttackConfig(name="square", steps=5, options={"n_queries": 10}), "Linf")
     with pytest.raises(MarginbenchError, match="attack.options.use_rs must be true or false; got 1"):
         build_estimator(AttackConfig(name="apgd_bisect", steps=5, options={"use_rs": 1}), "Linf")
-    with pytest.raises(MarginbenchError, match="attack.options.binary_search_steps must be an integer; got 2.5"):
+    with pytest.raises(MarginbenchError, match="attack.options.binary_search_steps must be an integer >= 0; got 2.5"):
         build_estimator(AttackConfig(name="fmn", steps=5, options={"binary_search_steps": 2.5}), "Linf")
     with pytest.raises(MarginbenchError, match="unknown attack option 'targeted'"):
         build_estimator(AttackConfig(name="fmn", steps=5, options={"targeted": True}), "Linf")
     build_estimator(AttackConfig(name="ddn", steps=5, options={"levels": None}), "L2")  # the library's default
+
+
+def test_library_option_ranges_hold_the_library_defaults():
+    """Each range a library option is held to (LibraryCall.rules) takes the library's own
+    default, and names a parameter the call has: a mistyped rule would check nothing."""
+    import inspect
+
+    from marginbench.margins import LIBRARY_CALLS, advlib
+
+    checked = 0
+    for name, call in LIBRARY_CALLS.items():
+        params = inspect.signature(call.target).parameters
+        for key, rule in call.rules.items():
+            param = params[call.rename(key)]
+            if param.default is not None:
+                assert rule.accepts(param.default), (name, key, param.default)
+                checked += 1
+    assert checked >= 15
+    assert advlib.greek_name("gamma_init") == "γ_init"
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("fab", {"eta": 0.99}, r"eta must be a number >= 1; got 0.99"),  # undershoots the boundary
+    ("fab_topk", {"alpha_max": 1.5}, r"alpha_max must be a number in \[0, 1\]; got 1.5"),
+    ("fab_targeted", {"beta": 0}, r"beta must be a number in \(0, 1\]; got 0"),
+    ("fmn", {"γ_init": 1.0}, r"γ_init must be a number in \(0, 1\); got 1.0"),  # the Greek name too
+    ("ddn", {"levels": 1}, r"levels must be an integer >= 2; got 1"),
+    ("alma", {"check_steps": 0}, r"check_steps must be an integer >= 1; got 0"),
+    ("square", {"p_init": 0}, r"p_init must be a number in \(0, 1\]; got 0"),
+    ("apgd_bisect", {"rho": 1}, r"rho must be a number in \(0, 1\); got 1"),
+])
+def test_library_options_outside_their_range_are_refused(name, options, message):
+    norm = "L2" if name in ("ddn", "alma") else "Linf"
+    with pytest.raises(MarginbenchError, match=rf"attack {name}: attack.options.{message}"):
+        build_estimator(AttackConfig(name=name, steps=5, options=options), norm)
+    edge = {key: {"eta": 1, "alpha_max": 1, "beta": 1, "levels": 2, "check_steps": 1, "p_init": 1}.get(key, 0.5)
+            for key in options}
+    build_estimator(AttackConfig(name=name, steps=5, options=edge), norm)  # the closed ends are allowed
 
 
 def test_a_preset_read_for_an_ensemble_member_has_the_numbers_hydra_reads(tmp_path, monkeypatch):

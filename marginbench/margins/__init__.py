@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyautoattack.fab_pt import FABAttack_PT
@@ -29,7 +29,14 @@ from pyautoattack.square import SquareAttack
 from marginbench.config import attack_preset, group_options
 from marginbench.errors import MarginbenchError
 from marginbench.margins import advlib, escalate, exact, fab, square
-from marginbench.margins.base import AttackSpec, Estimator, MarginBatch, MarginEstimator
+from marginbench.margins.base import (
+    AttackSpec,
+    Estimator,
+    MarginBatch,
+    MarginEstimator,
+    OptionRule,
+    check_options,
+)
 from marginbench.margins.ensemble import Ensemble
 from marginbench.margins.verify import NORMS, lp_norm, verify
 
@@ -66,29 +73,61 @@ class LibraryCall:
     set_here: frozenset[str]
     own: frozenset[str] = frozenset()
     rename: Callable[[str], str] = str
+    # the range a library option's meaning allows (keyed by the name the user writes): the
+    # library takes any number and a value outside it gave silently wrong margins, e.g.
+    # FAB's eta=-1 or Square's p_init=5 left every sample unbroken (+inf), or crashed
+    # mid-run (APGD's eot_iter=0)
+    rules: Mapping[str, OptionRule] = field(default_factory=dict)
+
+
+_UNIT_OPEN = OptionRule("float", 0, 1, open_low=True)  # (0, 1)
+_UNIT_HALF_OPEN = OptionRule("float", 0, 1, open_low=True, closed_high=True)  # (0, 1]
+_POSITIVE = OptionRule("float", 0, open_low=True)
+# FAB (Croce & Hein 2020): x <- (1 - a)(x + eta d) + a(x0 + eta d0), a <= alpha_max; eta >= 1
+# overshoots the linearised boundary; a successful step is pulled back by beta towards x0;
+# eps: the radius of the random starts of restarts 2, 3, ...
+_FAB_RULES = {"alpha_max": OptionRule("float", 0, 1, closed_high=True), "eta": OptionRule("float", 1),
+              "beta": _UNIT_HALF_OPEN, "eps": _POSITIVE}
+_LIBRARY_RULES: dict[str, dict[str, OptionRule]] = {
+    "fab": _FAB_RULES,
+    # FMN (Pintor et al. 2021): step size alpha, eps <- eps (1 -/+ gamma)
+    "fmn": {"alpha_init": _POSITIVE, "alpha_final": _POSITIVE, "gamma_init": _UNIT_OPEN,
+            "gamma_final": _UNIT_OPEN, "binary_search_steps": OptionRule("int", 0)},
+    # APGD (Croce & Hein 2020): rho, the share of improving steps that keeps the step size
+    "apgd_bisect": {"rho": _UNIT_OPEN, "eot_iter": OptionRule("int", 1)},
+    # DDN (Rony et al. 2019): eps <- eps (1 -/+ gamma); levels quantise the image (>= 2)
+    "ddn": {"gamma": _UNIT_OPEN, "init_norm": _POSITIVE, "levels": OptionRule("int", 2)},
+    "alma": {"lr_init": _POSITIVE, "mu_init": _POSITIVE, "rho_init": _POSITIVE,
+             "check_steps": OptionRule("int", 1), "levels": OptionRule("int", 2)},
+    # Square (Andriushchenko et al. 2020): p_init, the share of the image a square covers
+    "square": {"p_init": _UNIT_HALF_OPEN},
+}
 
 
 _FAB_SETS = frozenset({"self", "predict", "norm", "n_restarts", "n_iter", "seed", "targeted", "device", "verbose"})
 _ADV_LIB_SETS = frozenset({"model", "inputs", "labels", "targeted"})  # margins are untargeted
 LIBRARY_CALLS: dict[str, LibraryCall] = {
-    "fab": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian"})),
-    "fab_topk": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian", "candidates"})),
-    "fab_targeted": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"n_target_classes"})),
-    "fmn": LibraryCall(advlib._fmn, _ADV_LIB_SETS | {"norm", "steps", "starting_points"}, rename=advlib.greek_name),
+    "fab": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian"}), rules=_FAB_RULES),
+    "fab_topk": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian", "candidates"}), rules=_FAB_RULES),
+    "fab_targeted": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"n_target_classes"}), rules=_FAB_RULES),
+    "fmn": LibraryCall(advlib._fmn, _ADV_LIB_SETS | {"norm", "steps", "starting_points"}, rename=advlib.greek_name,
+                       rules=_LIBRARY_RULES["fmn"]),
     "apgd_bisect": LibraryCall(advlib._apgd, _ADV_LIB_SETS | {"eps", "norm", "n_iter", "n_restarts", "loss_function"},
-                               frozenset({"search_steps", "eps_init", "loss"})),
-    "ddn": LibraryCall(advlib._ddn, _ADV_LIB_SETS | {"steps"}, rename=advlib.greek_name),
-    "alma": LibraryCall(advlib._alma, _ADV_LIB_SETS | {"num_steps"}, rename=advlib.greek_name),
+                               frozenset({"search_steps", "eps_init", "loss"}), rules=_LIBRARY_RULES["apgd_bisect"]),
+    "ddn": LibraryCall(advlib._ddn, _ADV_LIB_SETS | {"steps"}, rename=advlib.greek_name, rules=_LIBRARY_RULES["ddn"]),
+    "alma": LibraryCall(advlib._alma, _ADV_LIB_SETS | {"num_steps"}, rename=advlib.greek_name,
+                        rules=_LIBRARY_RULES["alma"]),
     "square": LibraryCall(SquareAttack.__init__, frozenset({"self", "predict", "norm", "n_queries", "eps", "n_restarts",
                                                             "seed", "device", "targeted"}),
-                          frozenset({"search_steps", "eps_init"})),
+                          frozenset({"search_steps", "eps_init"}), rules=_LIBRARY_RULES["square"]),
 }
 
 
 def check_library_options(name: str, spec: AttackSpec) -> None:
     """One line for an option the attack's library call does not take (a typo crashed the
-    run with a TypeError after the model was loaded), or a value of the wrong kind where the
-    library's default says the kind (a number, a bool, a string)."""
+    run with a TypeError after the model was loaded), a value outside the range its meaning
+    allows (``LibraryCall.rules``), or else of another kind than the library's default (a
+    number, a bool, a string)."""
     call = LIBRARY_CALLS.get(name)
     if call is None:
         return
@@ -105,11 +144,16 @@ def check_library_options(name: str, spec: AttackSpec) -> None:
                 f"attack {spec.name}: unknown attack option {key!r} ({call.target.__qualname__} takes "
                 f"{', '.join(settable)}{', ' if settable else ''}and marginbench's own: README \"Margin estimators\")"
             )
+        if value is None:  # the library's own default (marginbench passes ddn's levels=None itself)
+            continue
+        written = ascii_names.get(param.name, param.name)  # gamma_init and γ_init: one rule
+        if written in call.rules:
+            check_options(spec.name, {key: value}, {key: call.rules[written]})
+            continue
         default = param.default
         kind = bool if isinstance(default, bool) else int if isinstance(default, int) else \
             (int, float) if isinstance(default, float) else str if isinstance(default, str) else None
-        # None: the library's own default (marginbench passes ddn's levels=None itself)
-        wrong = value is not None and kind is not None and (
+        wrong = kind is not None and (
             not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)))
         if wrong:
             what = {bool: "true or false", str: "a string", int: "an integer"}.get(kind, "a number")

@@ -36,22 +36,23 @@ JACOBIAN_MODES = ("loop", "batched")
 
 @dataclass(frozen=True)
 class OptionRule:
-    """What one option marginbench reads itself may be: an integer or a number in
-    [low, high] (``open_low``: low itself excluded, ``high`` always excluded when given),
-    or one of ``choices``."""
+    """What one option may be: an integer or a number in [low, high) (``open_low``: low
+    itself excluded; ``closed_high``: high itself allowed), or one of ``choices``."""
 
     kind: str  # "int", "float" or "choice"
     low: float | None = None
     high: float | None = None
     open_low: bool = False
     choices: tuple[str, ...] = ()
+    closed_high: bool = False
 
     def need(self) -> str:
         if self.kind == "choice":
             return f"one of {', '.join(self.choices)}"
         what = "an integer" if self.kind == "int" else "a number"
         if self.low is not None and self.high is not None:
-            return f"{what} in {'(' if self.open_low else '['}{_number(self.low)}, {_number(self.high)})"
+            return (f"{what} in {'(' if self.open_low else '['}{_number(self.low)}, {_number(self.high)}"
+                    f"{']' if self.closed_high else ')'}")
         if self.low is not None:
             return f"{what} {'>' if self.open_low else '>='} {_number(self.low)}"
         return what
@@ -59,14 +60,16 @@ class OptionRule:
     def accepts(self, value: Any) -> bool:
         if self.kind == "choice":
             return isinstance(value, str) and value in self.choices
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(float(value)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             return False
-        if self.kind == "int" and not float(value).is_integer():
+        integral = isinstance(value, (int, np.integer))  # never float(): 10**400 overflows it
+        if not integral and not math.isfinite(value):
+            return False
+        if self.kind == "int" and not (integral or float(value).is_integer()):
             return False
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):
             return False
-        return bool(self.high is None or value < self.high)
+        return bool(self.high is None or (value <= self.high if self.closed_high else value < self.high))
 
 
 # Every option marginbench reads itself (OWN_OPTIONS, and those an attack function takes out
