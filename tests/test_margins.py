@@ -402,6 +402,8 @@ def test_library_options_are_checked_against_the_library_call():
     with pytest.raises(MarginbenchError, match="unknown attack option 'targeted'"):
         build_estimator(AttackConfig(name="fmn", steps=5, options={"targeted": True}), "Linf")
     build_estimator(AttackConfig(name="ddn", steps=5, options={"levels": None}), "L2")  # the library's default
+    with pytest.raises(MarginbenchError, match="sets both 'gamma_init' and 'γ_init', the same parameter; keep one"):
+        build_estimator(AttackConfig(name="fmn", steps=5, options={"gamma_init": 0.1, "γ_init": 0.2}), "Linf")
 
 
 def test_library_option_ranges_hold_the_library_defaults():

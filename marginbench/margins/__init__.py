@@ -135,6 +135,12 @@ def check_library_options(name: str, spec: AttackSpec) -> None:
     ascii_names = {v: k for k, v in advlib._GREEK.items()} if call.rename is advlib.greek_name else {}
     settable = sorted(ascii_names.get(k, k) for k, p in params.items()
                       if k not in call.set_here and p.default is not inspect.Parameter.empty)
+    given = [key for key in spec.library_options() if key not in call.own]
+    for key in given:  # gamma_init and γ_init both set: one of them was dropped silently
+        twin = next((k for k in given if k != key and call.rename(k) == call.rename(key)), None)
+        if twin is not None:
+            raise MarginbenchError(f"attack {spec.name}: attack.options sets both {key!r} and {twin!r}, "
+                                   "the same parameter; keep one")
     for key, value in spec.library_options().items():
         if key in call.own:
             continue
