@@ -45,7 +45,12 @@ def budget_passes(spec: Any, n_classes: int) -> float:
     name, steps = spec.name, spec.steps
     opts = spec.options
     if name in ("fab", "fab_topk"):
-        grads = n_classes if name == "fab" else min(int(opts.get("candidates", 3)), n_classes - 1)
+        # fab: the full Jacobian (K gradients) unless options.candidates caps it below K - 1
+        if name == "fab_topk":
+            grads = min(int(opts.get("candidates", 3)), n_classes - 1)
+        else:
+            cap = opts.get("candidates")
+            grads = n_classes if cap is None or int(cap) >= n_classes - 1 else int(cap) + 1  # + grad f_y
         passes = steps * (grads + 2)
     elif name == "fab_targeted":
         passes = steps * 3 * int(opts.get("n_target_classes", n_classes - 1))

@@ -82,6 +82,47 @@ def test_topk_with_all_runner_ups_is_full_fab(batch):
     assert (topk.n_backward < full.n_backward).all()  # K-1 instead of K gradients per step
 
 
+@pytest.mark.parametrize("jacobian", ["loop", "batched"])
+def test_fab_candidates_caps_the_classes_linearised_per_step(batch, jacobian):
+    """fab's options.candidates: at K - 1 or more it is the library's full Jacobian, bit for
+    bit and pass for pass; below, each step linearises that many runner-up classes with the
+    library's own column arithmetic, m + 1 backward passes a step."""
+    model, x, y = batch
+    full = build_estimator(attack("fab", jacobian=jacobian), "Linf")(model, x, y)
+    for cap in (K - 1, K + 20):
+        every = build_estimator(attack("fab", jacobian=jacobian, candidates=cap), "Linf")(model, x, y)
+        np.testing.assert_array_equal(every.margin, full.margin)
+        assert torch.equal(every.x_adv, full.x_adv)
+        np.testing.assert_array_equal(every.n_backward, full.n_backward)
+        np.testing.assert_array_equal(every.n_forward, full.n_forward)
+    capped = build_estimator(attack("fab", jacobian=jacobian, candidates=2), "Linf")(model, x, y)
+    topk = build_estimator(attack("fab_topk", jacobian=jacobian, candidates=2), "Linf")(model, x, y)
+    assert capped.success.all()
+    assert (capped.n_backward < full.n_backward).all()  # 3 gradients a step instead of K = 6
+    assert (capped.n_backward > topk.n_backward).all()  # fab_topk: 2, grad (f_j - f_y) directly
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_library_columns_are_the_library_jacobian_columns_bit_for_bit(batch, batched):
+    """TopKFABAttack(library_columns=True): each of its m columns equals the library's
+    column for that class exactly (so FAB's step is the same whenever its choice is among
+    them); the direct grad (f_j - f_y) columns only agree to rounding."""
+    model, x, y = batch
+    df, dg = FABAttack_PT(model, norm="Linf", device="cpu").get_diff_logits_grads_batch(x, y)
+    with torch.no_grad():
+        others = model(x)
+    u = torch.arange(len(x))
+    others[u, y] = -float("inf")
+    cand = others.topk(3, dim=1).indices
+    exact = TopKFABAttack(model, norm="Linf", device="cpu", candidates=3, library_columns=True, batched=batched)
+    tdf, tdg = exact.get_diff_logits_grads_batch(x, y)
+    assert torch.equal(tdf, df.gather(1, cand))
+    assert torch.equal(tdg, dg[u.unsqueeze(1), cand])
+    direct = TopKFABAttack(model, norm="Linf", device="cpu", candidates=3)
+    _, ddg = direct.get_diff_logits_grads_batch(x, y)
+    torch.testing.assert_close(ddg, tdg, rtol=1e-5, atol=1e-6)
+
+
 def test_progress_hook_fires_and_leaves_margins_alone(batch):
     model, x, y = batch
     plain = build_estimator(attack("fab", refine_steps=3), "Linf")(model, x, y)

@@ -91,7 +91,7 @@ OPTION_RULES: dict[str, OptionRule] = {
     "multistart_order": OptionRule("choice", choices=TARGET_ORDERS),
     "multistart_stack_rows": OptionRule("int", 0),
     "jacobian": OptionRule("choice", choices=JACOBIAN_MODES),  # fab.py
-    "candidates": OptionRule("int", 1),  # fab_topk: runner-up classes linearised per step
+    "candidates": OptionRule("int", 1),  # fab, fab_topk: runner-up classes linearised per step
     "n_target_classes": OptionRule("int", 1),  # fab_targeted
     "search_steps": OptionRule("int", 1),  # apgd_bisect, square: runs of the eps search
     "eps_init": OptionRule("float", 0, open_low=True),  # apgd_bisect, square: first eps tried

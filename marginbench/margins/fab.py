@@ -85,12 +85,21 @@ class TopKFABAttack(FABAttack_PT):
     the closest linearised boundary), so returning m columns instead of K is enough: the
     trajectory is FAB's whenever FAB's choice is among the top-m runner-ups, at m backward
     passes per step instead of K. Each column is the gradient of ``f_j - f_y`` directly.
+
+    ``library_columns``: each column is computed as the library computes it instead,
+    ``grad f_j - grad f_y`` from one-hot backward passes (m + 1 per step): a column then
+    equals the library's bit for bit, and so does the whole trajectory whenever FAB's choice
+    is among the m. Computed directly, ``grad (f_j - f_y)`` differs from it by rounding,
+    which is enough for the two runs to end up to 1 % apart (``fab``'s ``candidates``:
+    README "Margin estimators").
     """
 
-    def __init__(self, *args, candidates: int = 3, batched: bool = False, **kwargs):
+    def __init__(self, *args, candidates: int = 3, batched: bool = False, library_columns: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.candidates = int(candidates)
         self.batched = bool(batched)  # m gradients in one batched VJP instead of a loop
+        self.library_columns = bool(library_columns)
 
     def get_diff_logits_grads_batch(self, imgs, la):
         im = imgs.clone().requires_grad_()
@@ -101,6 +110,8 @@ class TopKFABAttack(FABAttack_PT):
         others = y.detach().clone()
         others[u, la] = -float("inf")
         cand = others.topk(m, dim=1).indices  # (B, m)
+        if self.library_columns:
+            return self._library_columns(im, y, la, cand)
         if self.batched:
             return self._batched_columns(im, y, la, cand)
         df = torch.empty(imgs.shape[0], m, device=imgs.device)
@@ -111,6 +122,27 @@ class TopKFABAttack(FABAttack_PT):
                 (g,) = torch.autograd.grad(diff.sum(), im, retain_graph=k < m - 1)
             df[:, k] = diff.detach()
             dg[:, k] = g
+        return df, dg
+
+    def _library_columns(self, im, y, la, cand):
+        """Columns as FABAttack_PT.get_diff_logits_grads_batch makes them: one backward per
+        class with a one-hot cotangent (here per row: e_{cand_k}, and e_y once), then
+        ``g_j - g_y`` and ``f_j - f_y``; batched, the m + 1 backward passes are one call."""
+        b, m = cand.shape
+        u = torch.arange(b, device=y.device)
+        classes = torch.cat([la.view(b, 1), cand], dim=1)  # (B, m + 1): y first
+        cot = torch.zeros(m + 1, *y.shape, device=y.device, dtype=y.dtype)
+        cot.scatter_(2, classes.t().unsqueeze(2), 1.0)
+        with torch.enable_grad():
+            if self.batched:
+                g = batched_input_grads(self.predict, y, im, cot)  # (m + 1, B, ...)
+            else:
+                g = torch.stack([torch.autograd.grad(y, im, grad_outputs=cot[k], retain_graph=k < m)[0]
+                                 for k in range(m + 1)])
+        g = g.transpose(0, 1).detach()
+        yd = y.detach()
+        df = yd.gather(1, cand) - yd[u, la].unsqueeze(1)
+        dg = g[:, 1:] - g[:, :1]
         return df, dg
 
     def _batched_columns(self, im, y, la, cand):
@@ -155,15 +187,33 @@ def _pop_jacobian(spec: AttackSpec) -> tuple[AttackSpec, bool]:
     return AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts), mode == "batched"
 
 
+def make_untargeted_fab(model, norm: str, spec: AttackSpec, device, n_classes: int) -> FABAttack_PT:
+    """``fab``'s attack object. ``options.candidates`` (not a library option) caps the
+    runner-up classes linearised per step, so that a step's cost does not grow with the
+    number of classes K: with K - 1 > candidates, FAB looks at the ``candidates`` classes
+    of highest logit (TopKFABAttack with the library's column arithmetic: the trajectory is
+    full FAB's bit for bit wherever FAB's choice is among them); with K - 1 <= candidates it
+    is the library's own full Jacobian, so the margins are ``fab``'s bit for bit."""
+    spec, batched = _pop_jacobian(spec)
+    opts = dict(spec.options)
+    candidates = opts.pop("candidates", None)
+    spec = AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts)
+    if candidates is not None and int(candidates) < n_classes - 1:
+        return make_fab(model, norm, spec, device, cls=TopKFABAttack, candidates=int(candidates), batched=batched,
+                        library_columns=True)
+    return make_fab(model, norm, spec, device, cls=BatchedFABAttack if batched else FABAttack_PT)
+
+
 def fab_untargeted(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec,
                    fab: FABAttack_PT | None = None, accept_eps: float | None = None) -> Tensor:
+    with torch.no_grad():
+        logits = model(x)  # FAB's own first forward (perturb's), here to learn K first
     if fab is None:
-        spec, batched = _pop_jacobian(spec)
-        fab = make_fab(model, norm, spec, x.device, cls=BatchedFABAttack if batched else FABAttack_PT)
+        fab = make_untargeted_fab(model, norm, spec, x.device, n_classes=int(logits.shape[1]))
     accept_eps = fab.eps if accept_eps is None else accept_eps
     adv = x.clone()
     with isolated_rng(x.device), torch.no_grad():
-        acc = fab._predict_fn(x).max(1)[1] == y
+        acc = logits.max(1)[1] == y
         torch.random.manual_seed(fab.seed)
         torch.cuda.random.manual_seed(fab.seed)
         for counter in range(fab.n_restarts):
