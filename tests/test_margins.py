@@ -423,6 +423,12 @@ def test_library_option_ranges_hold_the_library_defaults():
                 checked += 1
     assert checked >= 15
     assert advlib.greek_name("gamma_init") == "γ_init"
+    # and the defaults marginbench fills in itself: FAB unbounded (eps = inf)
+    from marginbench.margins.fab import UNBOUNDED
+
+    assert LIBRARY_CALLS["fab"].rules["eps"].accepts(UNBOUNDED)
+    build_estimator(AttackConfig(name="fab_targeted", steps=5, options={"eps": UNBOUNDED}), "Linf")
+    build_estimator(AttackConfig(name="fmn", steps=5, options={"gamma_final": 0, "alpha_final": 0}), "Linf")
 
 
 @pytest.mark.parametrize(("name", "options", "message"), [
@@ -434,13 +440,15 @@ def test_library_option_ranges_hold_the_library_defaults():
     ("alma", {"check_steps": 0}, r"check_steps must be an integer >= 1; got 0"),
     ("square", {"p_init": 0}, r"p_init must be a number in \(0, 1\]; got 0"),
     ("apgd_bisect", {"rho": 1}, r"rho must be a number in \(0, 1\); got 1"),
+    ("apgd_bisect", {"eot_iter": 2.0}, r"eot_iter must be an integer; got 2.0"),  # range\(2.0\) crashed adv-lib
+    ("fab", {"eps": None}, r"eps must be a number > 0 or inf; got null"),  # pyautoattack's 0.3 bound
 ])
 def test_library_options_outside_their_range_are_refused(name, options, message):
     norm = "L2" if name in ("ddn", "alma") else "Linf"
     with pytest.raises(MarginbenchError, match=rf"attack {name}: attack.options.{message}"):
         build_estimator(AttackConfig(name=name, steps=5, options=options), norm)
-    edge = {key: {"eta": 1, "alpha_max": 1, "beta": 1, "levels": 2, "check_steps": 1, "p_init": 1}.get(key, 0.5)
-            for key in options}
+    edge = {key: {"eta": 1, "alpha_max": 1, "beta": 1, "levels": 2, "check_steps": 1, "p_init": 1, "eot_iter": 2,
+                  "eps": float("inf")}.get(key, 0.5) for key in options}
     build_estimator(AttackConfig(name=name, steps=5, options=edge), norm)  # the closed ends are allowed
 
 

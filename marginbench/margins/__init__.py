@@ -78,6 +78,9 @@ class LibraryCall:
     # FAB's eta=-1 or Square's p_init=5 left every sample unbroken (+inf), or crashed
     # mid-run (APGD's eot_iter=0)
     rules: Mapping[str, OptionRule] = field(default_factory=dict)
+    # options whose None is not harmless: FAB's eps=None is pyautoattack's 0.3 (L-inf), a
+    # bound that turns every larger margin into a failure
+    no_none: frozenset[str] = frozenset()
 
 
 _UNIT_OPEN = OptionRule("float", 0, 1, open_low=True)  # (0, 1)
@@ -87,12 +90,13 @@ _POSITIVE = OptionRule("float", 0, open_low=True)
 # overshoots the linearised boundary; a successful step is pulled back by beta towards x0;
 # eps: the radius of the random starts of restarts 2, 3, ...
 _FAB_RULES = {"alpha_max": OptionRule("float", 0, 1, closed_high=True), "eta": OptionRule("float", 1),
-              "beta": _UNIT_HALF_OPEN, "eps": _POSITIVE}
+              "beta": _UNIT_HALF_OPEN, "eps": OptionRule("float", 0, open_low=True, allow_inf=True)}
 _LIBRARY_RULES: dict[str, dict[str, OptionRule]] = {
     "fab": _FAB_RULES,
     # FMN (Pintor et al. 2021): step size alpha, eps <- eps (1 -/+ gamma)
-    "fmn": {"alpha_init": _POSITIVE, "alpha_final": _POSITIVE, "gamma_init": _UNIT_OPEN,
-            "gamma_final": _UNIT_OPEN, "binary_search_steps": OptionRule("int", 0)},
+    # (the cosine schedules may anneal to 0: alpha_final, gamma_final)
+    "fmn": {"alpha_init": _POSITIVE, "alpha_final": OptionRule("float", 0), "gamma_init": _UNIT_OPEN,
+            "gamma_final": OptionRule("float", 0, 1), "binary_search_steps": OptionRule("int", 0)},
     # APGD (Croce & Hein 2020): rho, the share of improving steps that keeps the step size
     "apgd_bisect": {"rho": _UNIT_OPEN, "eot_iter": OptionRule("int", 1)},
     # DDN (Rony et al. 2019): eps <- eps (1 -/+ gamma); levels quantise the image (>= 2)
@@ -107,9 +111,12 @@ _LIBRARY_RULES: dict[str, dict[str, OptionRule]] = {
 _FAB_SETS = frozenset({"self", "predict", "norm", "n_restarts", "n_iter", "seed", "targeted", "device", "verbose"})
 _ADV_LIB_SETS = frozenset({"model", "inputs", "labels", "targeted"})  # margins are untargeted
 LIBRARY_CALLS: dict[str, LibraryCall] = {
-    "fab": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian", "candidates"}), rules=_FAB_RULES),
-    "fab_topk": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian", "candidates"}), rules=_FAB_RULES),
-    "fab_targeted": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"n_target_classes"}), rules=_FAB_RULES),
+    "fab": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian", "candidates"}), rules=_FAB_RULES,
+                       no_none=frozenset({"eps"})),
+    "fab_topk": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian", "candidates"}), rules=_FAB_RULES,
+                            no_none=frozenset({"eps"})),
+    "fab_targeted": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"n_target_classes"}), rules=_FAB_RULES,
+                                no_none=frozenset({"eps"})),
     "fmn": LibraryCall(advlib._fmn, _ADV_LIB_SETS | {"norm", "steps", "starting_points"}, rename=advlib.greek_name,
                        rules=_LIBRARY_RULES["fmn"]),
     "apgd_bisect": LibraryCall(advlib._apgd, _ADV_LIB_SETS | {"eps", "norm", "n_iter", "n_restarts", "loss_function"},
@@ -150,12 +157,14 @@ def check_library_options(name: str, spec: AttackSpec) -> None:
                 f"attack {spec.name}: unknown attack option {key!r} ({call.target.__qualname__} takes "
                 f"{', '.join(settable)}{', ' if settable else ''}and marginbench's own: README \"Margin estimators\")"
             )
+        written = ascii_names.get(param.name, param.name)  # gamma_init and γ_init: one rule
+        if value is None and written in call.no_none:
+            raise MarginbenchError(f"attack {spec.name}: attack.options.{key} must be {call.rules[written].need()}; "
+                                   "got null (the library's own default would bound the attack)")
         if value is None:  # the library's own default (marginbench passes ddn's levels=None itself)
             continue
-        written = ascii_names.get(param.name, param.name)  # gamma_init and γ_init: one rule
-        if written in call.rules:
+        if written in call.rules:  # the range; the kind check below still applies (eot_iter=2.0)
             check_options(spec.name, {key: value}, {key: call.rules[written]})
-            continue
         default = param.default
         kind = bool if isinstance(default, bool) else int if isinstance(default, int) else \
             (int, float) if isinstance(default, float) else str if isinstance(default, str) else None

@@ -45,6 +45,7 @@ class OptionRule:
     open_low: bool = False
     choices: tuple[str, ...] = ()
     closed_high: bool = False
+    allow_inf: bool = False  # +inf allowed too (FAB's eps: unbounded, marginbench's own default)
 
     def need(self) -> str:
         if self.kind == "choice":
@@ -54,7 +55,7 @@ class OptionRule:
             return (f"{what} in {'(' if self.open_low else '['}{_number(self.low)}, {_number(self.high)}"
                     f"{']' if self.closed_high else ')'}")
         if self.low is not None:
-            return f"{what} {'>' if self.open_low else '>='} {_number(self.low)}"
+            return f"{what} {'>' if self.open_low else '>='} {_number(self.low)}{' or inf' if self.allow_inf else ''}"
         return what
 
     def accepts(self, value: Any) -> bool:
@@ -64,7 +65,7 @@ class OptionRule:
             return False
         integral = isinstance(value, (int, np.integer))  # never float(): 10**400 overflows it
         if not integral and not math.isfinite(value):
-            return False
+            return bool(self.allow_inf and value == math.inf)
         if self.kind == "int" and not (integral or float(value).is_integer()):
             return False
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):

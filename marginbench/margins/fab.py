@@ -88,8 +88,9 @@ class TopKFABAttack(FABAttack_PT):
 
     ``library_columns``: each column is computed as the library computes it instead,
     ``grad f_j - grad f_y`` from one-hot backward passes (m + 1 per step): a column then
-    equals the library's bit for bit, and so does the whole trajectory whenever FAB's choice
-    is among the m. Computed directly, ``grad (f_j - f_y)`` differs from it by rounding,
+    equals the library's bit for bit (checked on CPU; batched, the vmapped backward may pick
+    other kernels on CUDA), and so does the whole trajectory whenever FAB's choice is among
+    the m. Computed directly, ``grad (f_j - f_y)`` differs from it by rounding,
     which is enough for the two runs to end up to 1 % apart (``fab``'s ``candidates``:
     README "Margin estimators").
     """
@@ -206,13 +207,12 @@ def make_untargeted_fab(model, norm: str, spec: AttackSpec, device, n_classes: i
 
 def fab_untargeted(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec,
                    fab: FABAttack_PT | None = None, accept_eps: float | None = None) -> Tensor:
-    with torch.no_grad():
-        logits = model(x)  # FAB's own first forward (perturb's), here to learn K first
-    if fab is None:
-        fab = make_untargeted_fab(model, norm, spec, x.device, n_classes=int(logits.shape[1]))
-    accept_eps = fab.eps if accept_eps is None else accept_eps
     adv = x.clone()
     with isolated_rng(x.device), torch.no_grad():
+        logits = model(x)  # FAB's own first forward (perturb's), here to learn K first
+        if fab is None:
+            fab = make_untargeted_fab(model, norm, spec, x.device, n_classes=int(logits.shape[1]))
+        accept_eps = fab.eps if accept_eps is None else accept_eps
         acc = logits.max(1)[1] == y
         torch.random.manual_seed(fab.seed)
         torch.cuda.random.manual_seed(fab.seed)
