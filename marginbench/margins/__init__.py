@@ -110,13 +110,17 @@ _LIBRARY_RULES: dict[str, dict[str, OptionRule]] = {
 
 _FAB_SETS = frozenset({"self", "predict", "norm", "n_restarts", "n_iter", "seed", "targeted", "device", "verbose"})
 _ADV_LIB_SETS = frozenset({"model", "inputs", "labels", "targeted"})  # margins are untargeted
+
+
+def _fab_call(own: set[str]) -> LibraryCall:
+    """FABAttack_PT's call, shared by the three FAB attacks; ``own``: what each takes out first."""
+    return LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset(own), rules=_FAB_RULES, no_none=frozenset({"eps"}))
+
+
 LIBRARY_CALLS: dict[str, LibraryCall] = {
-    "fab": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian", "candidates"}), rules=_FAB_RULES,
-                       no_none=frozenset({"eps"})),
-    "fab_topk": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"jacobian", "candidates"}), rules=_FAB_RULES,
-                            no_none=frozenset({"eps"})),
-    "fab_targeted": LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset({"n_target_classes"}), rules=_FAB_RULES,
-                                no_none=frozenset({"eps"})),
+    "fab": _fab_call({"jacobian", "candidates"}),
+    "fab_topk": _fab_call({"jacobian", "candidates"}),
+    "fab_targeted": _fab_call({"n_target_classes"}),
     "fmn": LibraryCall(advlib._fmn, _ADV_LIB_SETS | {"norm", "steps", "starting_points"}, rename=advlib.greek_name,
                        rules=_LIBRARY_RULES["fmn"]),
     "apgd_bisect": LibraryCall(advlib._apgd, _ADV_LIB_SETS | {"eps", "norm", "n_iter", "n_restarts", "loss_function"},
@@ -142,15 +146,14 @@ def check_library_options(name: str, spec: AttackSpec) -> None:
     ascii_names = {v: k for k, v in advlib._GREEK.items()} if call.rename is advlib.greek_name else {}
     settable = sorted(ascii_names.get(k, k) for k, p in params.items()
                       if k not in call.set_here and p.default is not inspect.Parameter.empty)
-    given = [key for key in spec.library_options() if key not in call.own]
-    for key in given:  # gamma_init and γ_init both set: one of them was dropped silently
-        twin = next((k for k in given if k != key and call.rename(k) == call.rename(key)), None)
-        if twin is not None:
-            raise MarginbenchError(f"attack {spec.name}: attack.options sets both {key!r} and {twin!r}, "
-                                   "the same parameter; keep one")
+    seen: dict[str, str] = {}  # library parameter -> the option name that set it
     for key, value in spec.library_options().items():
         if key in call.own:
             continue
+        twin = seen.setdefault(call.rename(key), key)
+        if twin != key:  # gamma_init and γ_init both set: one of them was dropped silently
+            raise MarginbenchError(f"attack {spec.name}: attack.options sets both {twin!r} and {key!r}, "
+                                   "the same parameter; keep one")
         param = params.get(call.rename(key))
         if param is None or param.name in call.set_here:
             raise MarginbenchError(

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
 
 import torch
 from pyautoattack.fab_pt import FABAttack_PT
@@ -179,13 +181,20 @@ def make_fab(model, norm: str, spec: AttackSpec, device, targeted: bool = False,
     )
 
 
+def _take_option(spec: AttackSpec, key: str, default: Any) -> tuple[AttackSpec, Any]:
+    """(``spec`` without ``options[key]``, its value or ``default``): marginbench's own
+    options are taken out before make_fab hands the rest to the library."""
+    opts = dict(spec.options)
+    value = opts.pop(key, default)
+    return replace(spec, options=opts), value
+
+
 def _pop_jacobian(spec: AttackSpec) -> tuple[AttackSpec, bool]:
     """options.jacobian: ``loop`` (pyautoattack's K backward calls, default) or ``batched``
     (one batched VJP); not a library option, so it is taken out before make_fab."""
-    opts = dict(spec.options)
-    mode = opts.pop("jacobian", JACOBIAN_MODES[0])
+    spec, mode = _take_option(spec, "jacobian", JACOBIAN_MODES[0])
     check_options(spec.name, {"jacobian": mode})  # done at build time already for an Estimator
-    return AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts), mode == "batched"
+    return spec, mode == "batched"
 
 
 def make_untargeted_fab(model, norm: str, spec: AttackSpec, device, n_classes: int) -> FABAttack_PT:
@@ -196,9 +205,7 @@ def make_untargeted_fab(model, norm: str, spec: AttackSpec, device, n_classes: i
     full FAB's bit for bit wherever FAB's choice is among them); with K - 1 <= candidates it
     is the library's own full Jacobian, so the margins are ``fab``'s bit for bit."""
     spec, batched = _pop_jacobian(spec)
-    opts = dict(spec.options)
-    candidates = opts.pop("candidates", None)
-    spec = AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts)
+    spec, candidates = _take_option(spec, "candidates", None)
     if candidates is not None and int(candidates) < n_classes - 1:
         return make_fab(model, norm, spec, device, cls=TopKFABAttack, candidates=int(candidates), batched=batched,
                         library_columns=True)
@@ -244,12 +251,10 @@ def fab_targeted(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: At
     per-sample minimum is kept: a minimal-norm estimate needs all of them. Targeted FAB
     needs one gradient per step (of f_target - f_pred), not the full Jacobian.
     """
-    opts = dict(spec.options)
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
-    n_targets = int(opts.pop("n_target_classes", n_classes - 1))
-    n_targets = max(1, min(n_targets, n_classes - 1))
-    spec = AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts)
+    spec, n_targets = _take_option(spec, "n_target_classes", n_classes - 1)
+    n_targets = max(1, min(int(n_targets), n_classes - 1))
     fab = make_fab(model, norm, spec, x.device, targeted=True, n_target_classes=n_targets)
     if fab.eps == UNBOUNDED:
         # random restarts start at radius eps/2: an infinite radius would start in a corner
@@ -270,10 +275,8 @@ def fab_targeted(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: At
 def fab_topk(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec) -> Tensor:
     """Untargeted FAB over the top-``candidates`` runner-up classes (options.candidates, 3)."""
     spec, batched = _pop_jacobian(spec)
-    opts = dict(spec.options)
-    candidates = int(opts.pop("candidates", 3))
-    spec = AttackSpec(spec.name, spec.steps, spec.restarts, spec.refine, opts)
-    fab = make_fab(model, norm, spec, x.device, cls=TopKFABAttack, candidates=candidates, batched=batched)
+    spec, candidates = _take_option(spec, "candidates", 3)
+    fab = make_fab(model, norm, spec, x.device, cls=TopKFABAttack, candidates=int(candidates), batched=batched)
     if spec.restarts > 1 and fab.eps == UNBOUNDED:
         fab.eps = RANDOM_START_EPS[norm]  # radius of the random restarts
     return fab_untargeted(model, x, y, norm, spec, fab=fab, accept_eps=UNBOUNDED)
