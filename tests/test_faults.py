@@ -273,6 +273,17 @@ BAD_INPUTS = [
      "attack.options.p_init must be a number in (0, 1]; got 5"),
     ("APGD option that crashed mid-run", lambda t: "attack=apgd_bisect ++attack.options.eot_iter=0",
      "attack.options.eot_iter must be an integer >= 1; got 0"),
+    # round 10: adv-lib parameters no config value can mean (crashed at the first step) and
+    # ALMA values outside their meaning (every sample unbroken), a FAB option it never reads
+    ("adv-lib callback from a config", lambda t: "attack=ddn model.norm=L2 ++attack.options.callback=foo",
+     "unknown attack option 'callback' (ddn takes"),
+    ("ALMA distance marginbench does not measure", lambda t: "attack=alma model.norm=L2 ++attack.options.distance=l1",
+     "unknown attack option 'distance' (alma takes"),
+    ("ALMA momentum not a number", lambda t: "attack=alma model.norm=L2 ++attack.options.momentum=abc",
+     "attack.options.momentum must be a number in [0, 1); got 'abc'"),
+    ("ALMA option out of its range", lambda t: "attack=alma model.norm=L2 ++attack.options.alpha=-1",
+     "attack.options.alpha must be a number in [0, 1]; got -1"),
+    ("FAB option the library never reads", lambda t: "++attack.options.loss_fn=xyz", "unknown attack option 'loss_fn'"),
     ("integer too large for a float", lambda t: "++attack.options.seed=1" + "0" * 400,
      "attack.options.seed must be an integer in [0, 9223372036854775808); got 1000"),
     ("library option set by marginbench", lambda t: "++attack.options.n_iter=5", "unknown attack option 'n_iter'"),

@@ -402,6 +402,13 @@ def test_library_options_are_checked_against_the_library_call():
     with pytest.raises(MarginbenchError, match="unknown attack option 'targeted'"):
         build_estimator(AttackConfig(name="fmn", steps=5, options={"targeted": True}), "Linf")
     build_estimator(AttackConfig(name="ddn", steps=5, options={"levels": None}), "L2")  # the library's default
+    build_estimator(AttackConfig(name="alma", steps=5, options={"momentum": None, "alpha_rms": 0.5}), "L2")
+    # what no config value can mean, or marginbench sets, or the library never reads: refused by name
+    for name, key, value in (("ddn", "callback", "foo"), ("alma", "penalty", "P1"), ("alma", "distance", "l1"),
+                             ("fab", "loss_fn", "ce"), ("fab", "n_target_classes", 3), ("fab_topk", "n_target_classes", 3)):
+        with pytest.raises(MarginbenchError, match=f"attack {name}: unknown attack option '{key}'"):
+            build_estimator(AttackConfig(name=name, steps=5, options={key: value}), "L2" if name in ("ddn", "alma") else "Linf")
+    build_estimator(AttackConfig(name="fab_targeted", steps=5, options={"n_target_classes": 3}), "Linf")
     with pytest.raises(MarginbenchError, match="sets both 'gamma_init' and 'γ_init', the same parameter; keep one"):
         build_estimator(AttackConfig(name="fmn", steps=5, options={"gamma_init": 0.1, "γ_init": 0.2}), "Linf")
 
@@ -438,6 +445,14 @@ def test_library_option_ranges_hold_the_library_defaults():
     ("fmn", {"γ_init": 1.0}, r"γ_init must be a number in \(0, 1\); got 1.0"),  # the Greek name too
     ("ddn", {"levels": 1}, r"levels must be an integer >= 2; got 1"),
     ("alma", {"check_steps": 0}, r"check_steps must be an integer >= 1; got 0"),
+    # round 10: each of these left every sample of a run unbroken (+inf) or crashed
+    ("alma", {"alpha": -1}, r"alpha must be a number in \[0, 1\]; got -1"),
+    ("alma", {"τ": 5}, r"τ must be a number in \(0, 1\]; got 5"),
+    ("alma", {"gamma": 0.5}, r"gamma must be a number >= 1; got 0.5"),  # the penalty would shrink
+    ("alma", {"momentum": 1}, r"momentum must be a number in \[0, 1\); got 1"),
+    ("alma", {"init_lr_distance": 0}, r"init_lr_distance must be a number > 0; got 0"),
+    ("alma", {"logit_tolerance": -5}, r"logit_tolerance must be a number >= 0; got -5"),
+    ("alma", {"lr_reduction": 0}, r"lr_reduction must be a number in \(0, 1\]; got 0"),
     ("square", {"p_init": 0}, r"p_init must be a number in \(0, 1\]; got 0"),
     ("apgd_bisect", {"rho": 1}, r"rho must be a number in \(0, 1\); got 1"),
     ("apgd_bisect", {"eot_iter": 2.0}, r"eot_iter must be an integer; got 2.0"),  # range\(2.0\) crashed adv-lib
@@ -448,7 +463,8 @@ def test_library_options_outside_their_range_are_refused(name, options, message)
     with pytest.raises(MarginbenchError, match=rf"attack {name}: attack.options.{message}"):
         build_estimator(AttackConfig(name=name, steps=5, options=options), norm)
     edge = {key: {"eta": 1, "alpha_max": 1, "beta": 1, "levels": 2, "check_steps": 1, "p_init": 1, "eot_iter": 2,
-                  "eps": float("inf")}.get(key, 0.5) for key in options}
+                  "eps": float("inf"), "alpha": 1, "τ": 1, "gamma": 1, "momentum": 0, "logit_tolerance": 0,
+                  "lr_reduction": 1}.get(key, 0.5) for key in options}
     build_estimator(AttackConfig(name=name, steps=5, options=edge), norm)  # the closed ends are allowed
 
 

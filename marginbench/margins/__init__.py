@@ -85,6 +85,7 @@ class LibraryCall:
 
 _UNIT_OPEN = OptionRule("float", 0, 1, open_low=True)  # (0, 1)
 _UNIT_HALF_OPEN = OptionRule("float", 0, 1, open_low=True, closed_high=True)  # (0, 1]
+_UNIT_CLOSED = OptionRule("float", 0, 1, closed_high=True)  # [0, 1]
 _POSITIVE = OptionRule("float", 0, open_low=True)
 # FAB (Croce & Hein 2020): x <- (1 - a)(x + eta d) + a(x0 + eta d0), a <= alpha_max; eta >= 1
 # overshoots the linearised boundary; a successful step is pulled back by beta towards x0;
@@ -101,32 +102,49 @@ _LIBRARY_RULES: dict[str, dict[str, OptionRule]] = {
     "apgd_bisect": {"rho": _UNIT_OPEN, "eot_iter": OptionRule("int", 1)},
     # DDN (Rony et al. 2019): eps <- eps (1 -/+ gamma); levels quantise the image (>= 2)
     "ddn": {"gamma": _UNIT_OPEN, "init_norm": _POSITIVE, "levels": OptionRule("int", 2)},
+    # ALMA (Rony et al. 2021): every check_steps steps, where the logit constraint did not
+    # improve to tau x its last value, the penalty rho grows by gamma; mu, the RMSProp
+    # average and the momentum are moving averages (weights alpha, alpha_rms, momentum);
+    # the step size decays to lr_init x lr_reduction. Outside these ranges (round 10:
+    # alpha=-1, init_lr_distance=-1, logit_tolerance=-5) every sample stayed unbroken
     "alma": {"lr_init": _POSITIVE, "mu_init": _POSITIVE, "rho_init": _POSITIVE,
-             "check_steps": OptionRule("int", 1), "levels": OptionRule("int", 2)},
+             "check_steps": OptionRule("int", 1), "levels": OptionRule("int", 2),
+             "tau": _UNIT_HALF_OPEN, "gamma": OptionRule("float", 1), "alpha": _UNIT_CLOSED,
+             "alpha_rms": _UNIT_CLOSED, "momentum": OptionRule("float", 0, 1), "lr_reduction": _UNIT_HALF_OPEN,
+             "init_lr_distance": _POSITIVE, "logit_tolerance": OptionRule("float", 0)},
     # Square (Andriushchenko et al. 2020): p_init, the share of the image a square covers
     "square": {"p_init": _UNIT_HALF_OPEN},
 }
 
 
-_FAB_SETS = frozenset({"self", "predict", "norm", "n_restarts", "n_iter", "seed", "targeted", "device", "verbose"})
-_ADV_LIB_SETS = frozenset({"model", "inputs", "labels", "targeted"})  # margins are untargeted
+# loss_fn: FABAttack_PT stores it and never reads it (an option set there was ignored)
+_FAB_SETS = frozenset({"self", "predict", "norm", "n_restarts", "n_iter", "seed", "targeted", "device", "verbose",
+                       "loss_fn"})
+# callback (adv-lib's Visdom logger) is a Python object no config value can be: "callback=foo"
+# crashed DDN and ALMA at their first step, after the model was loaded
+_ADV_LIB_SETS = frozenset({"model", "inputs", "labels", "targeted", "callback"})  # margins are untargeted
 
 
-def _fab_call(own: set[str]) -> LibraryCall:
-    """FABAttack_PT's call, shared by the three FAB attacks; ``own``: what each takes out first."""
-    return LibraryCall(FABAttack_PT.__init__, _FAB_SETS, frozenset(own), rules=_FAB_RULES, no_none=frozenset({"eps"}))
+def _fab_call(own: set[str], unread: frozenset[str] = frozenset()) -> LibraryCall:
+    """FABAttack_PT's call, shared by the three FAB attacks; ``own``: what each takes out
+    first; ``unread``: what the attack leaves at the library's default because it does not
+    use it (the untargeted FAB never reads n_target_classes)."""
+    return LibraryCall(FABAttack_PT.__init__, _FAB_SETS | unread, frozenset(own), rules=_FAB_RULES,
+                       no_none=frozenset({"eps"}))
 
 
 LIBRARY_CALLS: dict[str, LibraryCall] = {
-    "fab": _fab_call({"jacobian", "candidates"}),
-    "fab_topk": _fab_call({"jacobian", "candidates"}),
+    "fab": _fab_call({"jacobian", "candidates"}, frozenset({"n_target_classes"})),
+    "fab_topk": _fab_call({"jacobian", "candidates"}, frozenset({"n_target_classes"})),
     "fab_targeted": _fab_call({"n_target_classes"}),
     "fmn": LibraryCall(advlib._fmn, _ADV_LIB_SETS | {"norm", "steps", "starting_points"}, rename=advlib.greek_name,
                        rules=_LIBRARY_RULES["fmn"]),
     "apgd_bisect": LibraryCall(advlib._apgd, _ADV_LIB_SETS | {"eps", "norm", "n_iter", "n_restarts", "loss_function"},
                                frozenset({"search_steps", "eps_init", "loss"}), rules=_LIBRARY_RULES["apgd_bisect"]),
     "ddn": LibraryCall(advlib._ddn, _ADV_LIB_SETS | {"steps"}, rename=advlib.greek_name, rules=_LIBRARY_RULES["ddn"]),
-    "alma": LibraryCall(advlib._alma, _ADV_LIB_SETS | {"num_steps"}, rename=advlib.greek_name,
+    # penalty is a Python function; distance: marginbench measures L2, so ALMA minimises L2
+    # (another distance gave looser L2 margins, an unknown one a KeyError mid-run)
+    "alma": LibraryCall(advlib._alma, _ADV_LIB_SETS | {"num_steps", "penalty", "distance"}, rename=advlib.greek_name,
                         rules=_LIBRARY_RULES["alma"]),
     "square": LibraryCall(SquareAttack.__init__, frozenset({"self", "predict", "norm", "n_queries", "eps", "n_restarts",
                                                             "seed", "device", "targeted"}),

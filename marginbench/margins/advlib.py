@@ -113,6 +113,5 @@ def ddn(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec)
 def alma(model: CountingModel, x: Tensor, y: Tensor, norm: str, spec: AttackSpec) -> Tensor:
     _only_l2("alma", norm)
     opts = _greek(spec.library_options())
-    opts.setdefault("distance", "l2")
     with isolated_rng(x.device, spec.seed):
-        return _alma(model, x, y, num_steps=spec.steps, **opts)
+        return _alma(model, x, y, num_steps=spec.steps, distance="l2", **opts)
