@@ -66,9 +66,47 @@ class DetectorSpec:
     @classmethod
     def load(cls, path: Path) -> DetectorSpec:
         try:
-            return cls(**json.loads(Path(path).read_text()))
+            spec = cls(**json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise MarginbenchError(f"cannot read detector file {path}: {exc}") from None
+        problem = spec.problem()
+        if problem:
+            raise MarginbenchError(f"detector file {path}: {problem}; recalibrate with `marginbench calibrate`")
+        return spec
+
+    def problem(self) -> str | None:
+        """What makes this spec unusable, or None. Why: JSON gives any type to any field, and
+        a threshold of NaN flagged nothing, +inf everything, a delta of 0 promised a
+        guarantee no calibration gives, all silently (round 10); a string threshold or
+        model crashed after the model was loaded."""
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+        def count(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+        checks = [
+            ("threshold", number(self.threshold), "a finite number (a logit margin)"),
+            ("eps", number(self.eps) and self.eps > 0, "a finite number > 0"),
+            ("norm", self.norm in ("Linf", "L2"), "Linf or L2"),
+            ("target_recall", number(self.target_recall) and 0 < self.target_recall < 1, "a number in (0, 1)"),
+            ("delta", number(self.delta) and 0 < self.delta < 1, "a number in (0, 1)"),
+            ("n_calibration", count(self.n_calibration) and self.n_calibration > 0, "an integer > 0"),
+            ("n_calibration_nonrobust", count(self.n_calibration_nonrobust), "an integer >= 0"),
+            ("calibration_indices", isinstance(self.calibration_indices, list)
+             and all(count(i) for i in self.calibration_indices), "a list of sample indices"),
+            ("weights_sha256", isinstance(self.weights_sha256, str) and len(self.weights_sha256) == 64
+             and all(c in "0123456789abcdef" for c in self.weights_sha256), "a sha256 hex digest"),
+            ("score", self.score == "logit_margin", "logit_margin (the only score a detector applies)"),
+            ("model", isinstance(self.model, dict), "a mapping (the model config)"),
+            ("dataset", self.dataset is None or isinstance(self.dataset, str), "a dataset name or null"),
+            ("test", isinstance(self.test, dict), "a mapping (the held-out figures)"),
+            ("extra", isinstance(self.extra, dict), "a mapping"),
+        ]
+        for name, ok, need in checks:
+            if not ok:
+                return f"{name} must be {need}; got {getattr(self, name)!r}"
+        return None
 
 
 def calibrate_from_samples(

@@ -65,6 +65,22 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors leave like every other user error: one line, exit 2
+    (argparse's own prints its usage and a line of its own prefix)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        fail(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
+def _no_file_in_the_way(option: str, path: Path) -> None:
+    """A file where a directory is to be written (or above it): one line now, not a
+    FileExistsError traceback after the work (round 10)."""
+    for above in (path, *path.parents):
+        if above.exists() and not above.is_dir():
+            fail(f"{option} {path}: {above} is a file; give a directory")
+
+
 def _number(value: float | None) -> str:
     """None (a metric undefined on this run, e.g. tau with every attack failed) is n/a."""
     return "n/a" if value is None else f"{value:.3f}"
@@ -194,17 +210,25 @@ def command_run(args: list[str]) -> int:
 
 
 def command_models(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="marginbench models", description="List the model registry.")
+    parser = _Parser(prog="marginbench models", description="List the model registry.")
     parser.add_argument("--dataset", help="only this dataset (cifar10, cifar100, imagenet, fashion_mnist)")
     parser.add_argument("--threat", help="only this threat model (Linf, L2)")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of an aligned table")
     options = parser.parse_args(args)
     from marginbench.models.registry import list_models
 
+    models = list_models()
+    # a dataset or threat no model has printed an empty table and "0 models." (round 10)
+    datasets = sorted({m.dataset for m in models})
+    if options.dataset and options.dataset.lower() not in datasets:
+        fail(f"--dataset {options.dataset}: no registry model is on it; one of: {', '.join(datasets)}")
+    if options.threat and options.threat.lower() not in ("linf", "l2"):
+        fail(f"--threat {options.threat}: one of Linf, L2")
     rows = [
         m
-        for m in list_models()
-        if (not options.dataset or m.dataset == options.dataset) and (not options.threat or m.threat_model.lower() == options.threat.lower())
+        for m in models
+        if (not options.dataset or m.dataset == options.dataset.lower())
+        and (not options.threat or m.threat_model.lower() == options.threat.lower())
     ]
     header = ["code", "robustbench_id", "dataset", "threat", "architecture", "clean_acc", "robust_acc", "source"]
     table = [
@@ -225,7 +249,7 @@ def command_models(args: list[str]) -> int:
 
 
 def command_tables(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="marginbench tables", description="Rebuild tables and figures from cached runs (no model, no GPU).")
+    parser = _Parser(prog="marginbench tables", description="Rebuild tables and figures from cached runs (no model, no GPU).")
     parser.add_argument("--cache-dir", default=os.environ.get("MARGINBENCH_CACHE", ".cache/marginbench"))
     parser.add_argument("--out", default="results", help="output directory (tables/ and figures/ inside)")
     parser.add_argument("--reference", default=None, help="directory of the paper's reference numbers (default: results/reference)")
@@ -236,8 +260,22 @@ def command_tables(args: list[str]) -> int:
 
     reference = Path(options.reference) if options.reference else Path(__file__).resolve().parent.parent / "results" / "reference"
     cache_dir = Path(options.cache_dir)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        fail(f"--cache-dir {cache_dir} is a file; give the cache directory")
     if not cache_dir.is_dir():
         fail(f"cache directory {cache_dir} does not exist; run `marginbench run ...` first or pass --cache-dir")
+    _no_file_in_the_way("--out", Path(options.out))
+    if options.reference and not reference.is_dir():
+        fail(f"--reference {reference} is not a directory; give the folder of the paper's reference CSVs")
+    if options.dataset:
+        from marginbench.report.runs import load_runs
+
+        with warnings.catch_warnings():  # build_all says them below
+            warnings.simplefilter("ignore")
+            cached = sorted({r.dataset for r in load_runs(cache_dir)})
+        if options.dataset not in cached:  # empty tables were written without a word (round 10)
+            fail(f"--dataset {options.dataset}: no cached run is on it (cached runs are on: "
+                 f"{', '.join(cached) or 'none'})")
     select = (lambda record: record.dataset == options.dataset) if options.dataset else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)

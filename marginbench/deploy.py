@@ -61,6 +61,8 @@ def check_detector_config(det: DictConfig | DetectorConfig, cfg: DictConfig) -> 
         raise MarginbenchError(
             f"detector.n_calibration={det.n_calibration} cannot hold the {need} non-robust samples that recall "
             f"{det.target_recall} with confidence {1 - det.delta:g} needs; raise it (e.g. 500)")
+    if det.seed < 0:  # numpy's default_rng refused -1, after every attack had run
+        raise MarginbenchError(f"detector.seed={det.seed} must be an integer >= 0")
     if det.n_test is not None and det.n_test < 1:
         raise MarginbenchError(f"detector.n_test={det.n_test} must be >= 1 (or null: every non-calibration sample)")
     n = n_evaluated(cfg)

@@ -10,6 +10,7 @@ detector.json. ``hydra.run.dir=DIR`` chooses the output directory.
 from __future__ import annotations
 
 import difflib
+import math
 import time
 from pathlib import Path
 
@@ -92,8 +93,14 @@ def _log_to_stderr() -> None:
 
 
 def _run_dir(run_dir: str | None, cfg: DictConfig, command: str) -> Path:
+    """The output directory; a file in the way (or under it) is refused now, before any
+    model, data or attack (round 10: a traceback after the attacks)."""
     if run_dir:
-        return Path(run_dir)
+        path = Path(run_dir)
+        for above in (path, *path.parents):
+            if above.exists() and not above.is_dir():
+                raise MarginbenchError(f"hydra.run.dir={run_dir}: {above} is a file; give a directory")
+        return path
     name = cfg.model.name if cfg.model.kind == "zoo" else "custom"
     return Path("outputs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{name}-{command}"
 
@@ -108,8 +115,9 @@ def command_calibrate(args: list[str]) -> int:
     det = compose_detector(det_overrides)
     cfg = compose_run(run_overrides)
     deploy.check_detector_config(det, cfg)  # before the pipeline does any work
+    out = _run_dir(run_dir, cfg, "calibrate")
     _log_to_stderr()
-    result = deploy.calibrate(cfg, det, _run_dir(run_dir, cfg, "calibrate"))
+    result = deploy.calibrate(cfg, det, out)
     spec, test = result.spec, result.spec.test
     print(f"{result.path}: brittle when logit margin <= {spec.threshold:.4g} (eps={spec.eps:g}, {spec.norm}); "
           f"recall >= {spec.target_recall} with probability >= {1 - spec.delta:g} "
@@ -125,11 +133,19 @@ def command_detect(args: list[str]) -> int:
         return 0
     from marginbench import deploy
     from marginbench.brittle import DetectorSpec
+    from marginbench.config import parse_eps
 
     run_overrides, det_args, run_dir = _split(args, "detector=")
     if len(det_args) != 1:
         raise MarginbenchError("say which detector, once: detector=PATH/detector.json")
     spec = DetectorSpec.load(Path(det_args[0].split("=", 1)[1]))
+    for override in run_overrides:
+        key, _, value = override.partition("=")
+        # the threshold's guarantee holds at the eps it was calibrated for, and only there:
+        # another eps was silently ignored (round 10)
+        if key.lstrip("+") == "eps" and not math.isclose(parse_eps(value), spec.eps, rel_tol=1e-9):
+            raise MarginbenchError(f"eps={value}: detect flags at the detector's own eps ({spec.eps:g}); drop "
+                                   "eps=..., or calibrate a detector at that eps")
     if not any(o.startswith("model") for o in run_overrides):
         if not spec.model:
             raise MarginbenchError("the detector file names no model; add model=NAME")

@@ -112,7 +112,64 @@ def test_detect_refuses_another_model_in_one_line(npz_data, tmp_path, capsys):
     assert not (tmp_path / "det").exists()
 
 
+# A detector.json edited by hand or by another tool: each of these crashed `detect` after the
+# model was loaded (a string threshold, weights hash or model) or was used silently: a NaN
+# threshold flagged nothing, +inf everything, a delta of 0 claimed a guarantee (round 10)
+BAD_DETECTOR_FIELDS = [
+    ("threshold", "abc"), ("threshold", None), ("threshold", float("nan")), ("threshold", float("inf")),
+    ("weights_sha256", 5), ("model", "tiny"), ("target_recall", 1.5), ("delta", 0), ("delta", -0.1),
+    ("score", "entropy"), ("norm", "L7"), ("eps", "x"), ("n_calibration", "x"), ("test", [1]),
+]
+
+
+def test_a_detector_file_with_a_bad_field_is_refused_in_one_line_before_the_model(npz_data, tmp_path, capsys):
+    cache, run = tmp_path / "cache", tmp_path / "cal"
+    assert main(["calibrate", *tiny(npz_data, cache), *DETECTOR, f"hydra.run.dir={run}"]) == 0
+    good = json.loads((run / "detector.json").read_text())
+    assert marginbench.BrittleDetector.load(run / "detector.json", __import__("tiny_models").tiny_cnn())
+    for key, value in BAD_DETECTOR_FIELDS:
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**good, key: value}))  # NaN / Infinity: Python's json writes and reads them
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(["detect", f"detector={bad}", *tiny(npz_data, cache), f"hydra.run.dir={tmp_path / 'det'}"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, (key, value, err)
+        assert f"detector file {bad}: {key} must be" in err and "Traceback" not in err, (key, value, err)
+        assert not (tmp_path / "det").exists()
+
+
+def test_detect_refuses_another_eps_and_a_file_as_its_run_dir(npz_data, tmp_path, capsys):
+    cache, run = tmp_path / "cache", tmp_path / "cal"
+    assert main(["calibrate", *tiny(npz_data, cache), *DETECTOR, f"hydra.run.dir={run}"]) == 0
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    for extra, message in ((["eps=0.5"], "detect flags at the detector's own eps (0.25)"),
+                           ([f"hydra.run.dir={in_the_way}"], "is a file; give a directory"),
+                           ([f"hydra.run.dir={in_the_way / 'det'}"], "is a file; give a directory")):
+        capsys.readouterr()
+        args = [a for a in tiny(npz_data, cache) if not (extra[0].startswith("eps") and a.startswith("eps="))]
+        with pytest.raises(SystemExit) as exc:
+            main(["detect", f"detector={run / 'detector.json'}", *args,
+                  *(extra if extra[0].startswith("hydra") else [f"hydra.run.dir={tmp_path / 'det'}", *extra])])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert main(["detect", f"detector={run / 'detector.json'}", *tiny(npz_data, cache), "eps=1/4",
+                 f"hydra.run.dir={tmp_path / 'det'}"]) == 0  # the same eps, written another way
+
+
+def test_calibrate_refuses_a_file_as_its_run_dir_before_any_attack(npz_data, tmp_path, capsys):
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", *tiny(npz_data, tmp_path / "cache"), *DETECTOR, f"hydra.run.dir={in_the_way}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "is a file; give a directory" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("samples*"))
+
+
 @pytest.mark.parametrize("bad, message", [
+    ("detector.seed=-1", "detector.seed=-1 must be an integer >= 0"),  # numpy refused it after the attacks
     ("detector.n_calib=3", "did you mean 'detector.n_calibration'"),
     ("detector.delta=abc", "not a valid float"),
     ("detector.n_calibration=5", "non-robust samples"),

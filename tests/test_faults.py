@@ -409,3 +409,33 @@ def test_disk_full_mid_run_is_one_line(npz, tmp_path, capfd, monkeypatch):
     args = ["run", *config(npz, tmp_path / "cache"), f"hydra.run.dir={tmp_path / 'run'}"]
     assert_one_line_error(*run_cli(args, capfd), "No space left on device")
     assert not list((tmp_path / "cache").rglob("*.npz"))
+
+
+# `marginbench models` / `tables`: a dataset or threat nothing matches printed an empty
+# table with exit 0, a file as --out a FileExistsError traceback, an unknown flag two lines
+# of argparse's own (round 10)
+@pytest.mark.parametrize(("args", "expected"), [
+    (["models", "--dataset", "nosuch"], "--dataset nosuch: no registry model is on it; one of: cifar10"),
+    (["models", "--threat", "L3"], "--threat L3: one of Linf, L2"),
+    (["models", "--foo"], "marginbench models: unrecognized arguments: --foo"),
+    (["tables", "--cache-dir", "{cache}", "--out", "{file}"], "is a file; give a directory"),
+    (["tables", "--cache-dir", "{cache}", "--out", "{file}/tables"], "is a file; give a directory"),
+    (["tables", "--cache-dir", "{file}"], "is a file; give the cache directory"),
+    (["tables", "--cache-dir", "{cache}", "--dataset", "nosuch"], "--dataset nosuch: no cached run is on it"),
+    (["tables", "--cache-dir", "{cache}", "--reference", "{cache}/nope"], "is not a directory"),
+    (["tables", "--cachedir", "x"], "marginbench tables: unrecognized arguments: --cachedir x"),
+])
+def test_models_and_tables_usage_errors_are_one_line(tmp_path, capfd, args, expected):
+    cache, in_the_way = tmp_path / "cache", tmp_path / "a_file"
+    (cache / "runs").mkdir(parents=True)
+    in_the_way.write_text("")
+    args = [a.format(cache=cache, file=in_the_way) for a in args]
+    before = files_under(tmp_path)
+    assert_one_line_error(*run_cli(args, capfd), expected)
+    assert files_under(tmp_path) == before
+
+
+def test_models_filters_case_insensitively(capfd):
+    assert cli.main(["models", "--dataset", "CIFAR10", "--threat", "linf", "--csv"]) == 0
+    rows = capfd.readouterr().out.strip().splitlines()[1:]
+    assert rows and all(",cifar10,Linf," in row for row in rows)
