@@ -8,6 +8,7 @@ parsed by :func:`parse_eps`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -190,8 +191,21 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "attack_steps", "eval_steps", "eval_batch_size"):
             if int(getattr(self, key)) < 1:
                 raise MarginbenchError(f"train.{key} must be >= 1, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise MarginbenchError(f"train.lr must be positive, got {self.lr}")
+        # NaN passed "lr <= 0" and trained a model to nothing, a momentum of -1 crashed
+        # torch's SGD after the data loaded, eval_n 0 reported a 0/0 accuracy as 0 (round 10)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MarginbenchError(f"train.lr must be a positive finite number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise MarginbenchError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise MarginbenchError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
+            raise MarginbenchError(f"train.warmup_epochs must be a finite number >= 0, got {self.warmup_epochs}")
+        for key in ("beta", "pair_weight"):
+            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+                raise MarginbenchError(f"train.{key} must be a finite number >= 0, got {getattr(self, key)}")
+        if self.eval_n < 1:
+            raise MarginbenchError(f"train.eval_n must be >= 1, got {self.eval_n}")
         if self.n_train is not None and self.n_train < 1:
             raise MarginbenchError(f"train.n_train must be >= 1 or null, got {self.n_train}")
         _ = (self.eps_value, self.step_size_value)  # parse now: a MarginbenchError on nonsense

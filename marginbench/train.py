@@ -128,8 +128,16 @@ def load_recipe(name: str | None, overrides: list[str] | None = None) -> TrainCo
         # the recipe's keys sit at the top level, where the command line's name=... and
         # epochs=... address them; `train@_global_` is how Hydra's defaults list says so
         selection = [f"train@_global_={name}"]
+    # a field named like a config group of `marginbench run` (dataset=...) is taken by Hydra
+    # as a group selection and failed as "unknown training option 'dataset'", whatever its
+    # value (round 10): those are set on the composed config, through the same schema
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    late = [o for o in overrides if o.partition("=")[0] in fields and (config.CONFIG_DIR / o.partition("=")[0]).is_dir()]
     try:
-        cfg = hydra_compose(TRAIN_CONFIG_NAME, [*selection, *overrides])
+        cfg = hydra_compose(TRAIN_CONFIG_NAME, [*selection, *(o for o in overrides if o not in late)])
+        for item in late:
+            key, _, value = item.partition("=")
+            cfg[key] = value
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         raise _compose_error(error) from None
     return config_from_mapping(cfg)
@@ -565,6 +573,9 @@ def run_training(overrides: list[str], model_dir: Path | str = "models_cache",
             rest.append(item)
     cfg = load_recipe(recipe, rest)
     out = Path(model_dir) / "local" / f"{cfg.name}.pt"
+    for above in out.parents:  # else a NotADirectoryError after the whole training (round 10)
+        if above.exists() and not above.is_dir():
+            raise MarginbenchError(f"paths.model_dir={model_dir}: {above} is a file; give a directory")
     return train_model(cfg, resolve_device(device), out_path=out, data_dir=Path(data_dir) if data_dir else None)
 
 

@@ -155,6 +155,40 @@ def test_recipe_typos_fail_at_compose_time_in_one_line(overrides, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_field_named_like_a_run_config_group_can_be_overridden():
+    """dataset= names both a TrainConfig field and `marginbench run`'s config group: Hydra
+    took it as a group and every value failed as "unknown training option 'dataset'"."""
+    assert T.load_recipe("fmnist_cnn_pgd", ["dataset=cifar10"]).dataset == "cifar10"
+    assert T.load_recipe("cifar10_resnet18_standard", ["dataset=cifar100", "epochs=2"]).dataset == "cifar100"
+    with pytest.raises(MarginbenchError, match=r"train.dataset='svhn' cannot be trained on; choose one of"):
+        T.load_recipe("fmnist_cnn_pgd", ["dataset=svhn"])
+
+
+# values the schema's types allow that made no sense: NaN lr trained a model to nothing
+# (exit 0), momentum -1 crashed torch's SGD after the data loaded, eval_n 0 reported 0/0 as 0
+@pytest.mark.parametrize(("override", "message"), [
+    ("lr=nan", "train.lr must be a positive finite number, got nan"),
+    ("lr=inf", "train.lr must be a positive finite number, got inf"),
+    ("momentum=-1", "train.momentum must be in [0, 1), got -1.0"),
+    ("momentum=1", "train.momentum must be in [0, 1), got 1.0"),
+    ("weight_decay=-1", "train.weight_decay must be a finite number >= 0"),
+    ("warmup_epochs=-1", "train.warmup_epochs must be a finite number >= 0"),
+    ("beta=-1", "train.beta must be a finite number >= 0"),
+    ("pair_weight=nan", "train.pair_weight must be a finite number >= 0"),
+    ("eval_n=0", "train.eval_n must be >= 1, got 0"),
+])
+def test_training_values_outside_their_meaning_are_refused_at_compose_time(override, message):
+    with pytest.raises(MarginbenchError) as err:
+        T.load_recipe("fmnist_cnn_pgd", [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_file_as_model_dir_is_refused_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(MarginbenchError, match=r"a_file is a file; give a directory"):
+        T.run_training(["recipe=fmnist_cnn_pgd", "name=x"], model_dir=tmp_path / "a_file", data_dir=tmp_path / "nodata")
+
+
 def test_recipes_are_composed_from_config_dir(tmp_path, monkeypatch):
     """The recipe comes from marginbench.config.CONFIG_DIR (MARGINBENCH_CONFIG_DIR), typed by
     TrainConfig in Hydra's ConfigStore: a key the schema lacks fails even inside a recipe."""
