@@ -182,14 +182,16 @@ class ArtifactStore:
             if path.exists():  # a directory without meta.json is not ours to trust
                 shutil.rmtree(path, ignore_errors=True)
             return None
-        if verify and not self._intact(path):
+        if verify and not self.intact(path):
             print(f"marginbench: cached {stage}/{key} is corrupt; recomputing it", file=sys.stderr)
             shutil.rmtree(path, ignore_errors=True)
             return None
         return Artifact(stage, key, path)
 
     @staticmethod
-    def _intact(path: Path) -> bool:
+    def intact(path: Path) -> bool:
+        """Every file meta.json lists is there with its recorded size and sha256 (and meta.json
+        its own self-hash, where it has one)."""
         try:
             meta = json.loads((path / META_FILE).read_text())
             # older artifacts have no self-hash; their files are still checked below
@@ -240,7 +242,7 @@ class ArtifactStore:
             (tmp / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
             # A concurrent run of the same key may have finished first: keep its intact copy
             # (another process may be reading it right now) and drop ours.
-            if final.exists() and not ((final / META_FILE).is_file() and self._intact(final)):
+            if final.exists() and not ((final / META_FILE).is_file() and self.intact(final)):
                 shutil.rmtree(final, ignore_errors=True)
             try:
                 os.replace(tmp, final)

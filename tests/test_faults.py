@@ -119,6 +119,23 @@ def test_damaged_cache_file_is_recomputed_to_identical_results(npz, pristine, tm
         assert ArtifactStore(cache).get(key_stage, result.keys[key_stage]) is not None
 
 
+def test_tables_leave_out_a_run_record_whose_files_do_not_match_its_meta(pristine, tmp_path):
+    """`marginbench tables` read a samples.csv cut to half its lines as it was (figures from
+    half the samples, exit 0, no word; round 10): a record is checked against the sizes and
+    hashes of its meta.json, like every cache read."""
+    from marginbench.report import load_runs
+
+    root, _ = pristine
+    cache = tmp_path / "cache"
+    shutil.copytree(root / "full", cache)
+    assert len(load_runs(cache)) == 1
+    (samples,) = (cache / "runs").glob("*/samples.csv")
+    lines = samples.read_text().splitlines(keepends=True)
+    samples.write_text("".join(lines[: len(lines) // 2]))
+    with pytest.warns(UserWarning, match=r"skipping corrupt run record .* rerun its `marginbench run"):
+        assert load_runs(cache) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # kill -9, SIGTERM, concurrent runs (real processes)
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from marginbench.cache import ArtifactStore
 from marginbench.versions import MARGINS_VERSION
 
 _TIME_KEYS = ("finished_at", "created", "created_at", "timestamp", "time", "end_time")
@@ -151,6 +152,12 @@ def read_run(path: Path) -> RunRecord | None:
         warnings.warn(f"skipping unreadable run record {path}: {exc}", stacklevel=2)
         return None
     if not isinstance(summary, dict):
+        return None
+    if isinstance(meta, dict) and "files" in meta and not ArtifactStore.intact(path):
+        # a samples.csv cut short was read as it was: figures from half the samples, no
+        # word (round 10); `marginbench run` recomputes such a record, `tables` leaves it out
+        warnings.warn(f"skipping corrupt run record {path} (a file does not match the size or sha256 in its "
+                      "meta.json); rerun its `marginbench run ...` to rebuild it", stacklevel=2)
         return None
     return RunRecord(path=path, summary=summary, meta=meta if isinstance(meta, dict) else {})
 
