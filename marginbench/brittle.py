@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,8 @@ class DetectorSpec:
         a threshold of NaN flagged nothing, +inf everything, a delta of 0 promised a
         guarantee no calibration gives, all silently (round 10); a string threshold or
         model crashed after the model was loaded."""
-        def number(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+        def number(v: Any) -> bool:  # JSON ints may exceed int64 (np.isfinite raised on 2**64)
+            return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and math.isfinite(v))
 
         def count(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool) and v >= 0

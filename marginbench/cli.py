@@ -270,13 +270,16 @@ def command_tables(args: list[str]) -> int:
     if options.dataset:
         from marginbench.report.runs import load_runs
 
-        with warnings.catch_warnings():  # build_all says them below
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as left_out:  # stale or corrupt records
+            warnings.simplefilter("always", UserWarning)
             cached = sorted({r.dataset for r in load_runs(cache_dir)})
-        if options.dataset not in cached:  # empty tables were written without a word (round 10)
+        if options.dataset.lower() not in cached:  # empty tables were written without a word (round 10)
+            why = (f"; {len(left_out)} note(s) on records left out: see `marginbench tables --cache-dir {cache_dir}`"
+                   if left_out else "")
             fail(f"--dataset {options.dataset}: no cached run is on it (cached runs are on: "
-                 f"{', '.join(cached) or 'none'})")
-    select = (lambda record: record.dataset == options.dataset) if options.dataset else None
+                 f"{', '.join(cached) or 'none'}){why}")
+    dataset = options.dataset.lower() if options.dataset else None
+    select = (lambda record: record.dataset == dataset) if dataset else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         written = build_all(cache_dir, Path(options.out), reference, force=options.force, select=select)

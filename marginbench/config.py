@@ -197,6 +197,8 @@ class TrainConfig:
             raise MarginbenchError(f"train.lr must be a positive finite number, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise MarginbenchError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:  # torch's SGD refused it after the data loaded
+            raise MarginbenchError("train.nesterov=true needs train.momentum > 0")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise MarginbenchError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):

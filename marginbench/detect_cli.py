@@ -97,12 +97,13 @@ def _run_dir(run_dir: str | None, cfg: DictConfig, command: str) -> Path:
     model, data or attack (round 10: a traceback after the attacks)."""
     if run_dir:
         path = Path(run_dir)
-        for above in (path, *path.parents):
-            if above.exists() and not above.is_dir():
-                raise MarginbenchError(f"hydra.run.dir={run_dir}: {above} is a file; give a directory")
-        return path
-    name = cfg.model.name if cfg.model.kind == "zoo" else "custom"
-    return Path("outputs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{name}-{command}"
+    else:
+        name = cfg.model.name if cfg.model.kind == "zoo" else "custom"
+        path = Path("outputs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{name}-{command}"
+    for above in (path, *path.parents):
+        if above.exists() and not above.is_dir():
+            raise MarginbenchError(f"hydra.run.dir={path}: {above} is a file; give a directory")
+    return path
 
 
 def command_calibrate(args: list[str]) -> int:
@@ -133,7 +134,6 @@ def command_detect(args: list[str]) -> int:
         return 0
     from marginbench import deploy
     from marginbench.brittle import DetectorSpec
-    from marginbench.config import parse_eps
 
     run_overrides, det_args, run_dir = _split(args, "detector=")
     if len(det_args) != 1:
@@ -143,7 +143,7 @@ def command_detect(args: list[str]) -> int:
         key, _, value = override.partition("=")
         # the threshold's guarantee holds at the eps it was calibrated for, and only there:
         # another eps was silently ignored (round 10)
-        if key.lstrip("+") == "eps" and not math.isclose(parse_eps(value), spec.eps, rel_tol=1e-9):
+        if key.lstrip("+") == "eps" and not _same_eps(value, spec.eps):
             raise MarginbenchError(f"eps={value}: detect flags at the detector's own eps ({spec.eps:g}); drop "
                                    "eps=..., or calibrate a detector at that eps")
     if not any(o.startswith("model") for o in run_overrides):
@@ -155,6 +155,16 @@ def command_detect(args: list[str]) -> int:
     print(f"{path}: {int(flags['brittle'].sum())} of {len(flags)} inputs flagged brittle "
           f"(logit margin <= {spec.threshold:.4g})")
     return 0
+
+
+def _same_eps(text: str, eps: float) -> bool:
+    """``text`` (eps=8/255, 0.031...) is ``eps``; anything else (auto, a typo) is not."""
+    from marginbench.config import parse_eps
+
+    try:
+        return math.isclose(parse_eps(text), eps, rel_tol=1e-9)
+    except MarginbenchError:
+        return False
 
 
 def _model_overrides(model: dict) -> list[str]:

@@ -113,6 +113,7 @@ def load_recipe(name: str | None, overrides: list[str] | None = None) -> TrainCo
     """``configs/train/<name>.yaml`` (None: TrainConfig's defaults) with ``key=value``
     overrides, composed by Hydra over the TrainConfig schema from ``config.CONFIG_DIR``, as
     ``marginbench run`` composes its config: a typo or a wrong type fails here, in one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -132,12 +133,16 @@ def load_recipe(name: str | None, overrides: list[str] | None = None) -> TrainCo
     # as a group selection and failed as "unknown training option 'dataset'", whatever its
     # value (round 10): those are set on the composed config, through the same schema
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    late = [o for o in overrides if o.partition("=")[0] in fields and (config.CONFIG_DIR / o.partition("=")[0]).is_dir()]
+
+    def late(item: str) -> str | None:  # the field such an override sets (also +dataset=, ++dataset=)
+        key = item.partition("=")[0].lstrip("+")
+        return key if key in fields and (config.CONFIG_DIR / key).is_dir() else None
+
     try:
-        cfg = hydra_compose(TRAIN_CONFIG_NAME, [*selection, *(o for o in overrides if o not in late)])
-        for item in late:
-            key, _, value = item.partition("=")
-            cfg[key] = value
+        cfg = hydra_compose(TRAIN_CONFIG_NAME, [*selection, *(o for o in overrides if late(o) is None)])
+        for item in (o for o in overrides if late(o) is not None):
+            # Hydra's own value grammar: quotes stripped, null is None, as for every other field
+            cfg[late(item)] = OverridesParser.create().parse_override(item.lstrip("+")).value()
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         raise _compose_error(error) from None
     return config_from_mapping(cfg)

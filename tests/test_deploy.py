@@ -137,6 +137,11 @@ def test_a_detector_file_with_a_bad_field_is_refused_in_one_line_before_the_mode
         assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, (key, value, err)
         assert f"detector file {bad}: {key} must be" in err and "Traceback" not in err, (key, value, err)
         assert not (tmp_path / "det").exists()
+    # JSON integers beyond int64 are numbers too (np.isfinite raised on them: a traceback)
+    from marginbench.brittle import DetectorSpec
+
+    assert DetectorSpec(**{**good, "threshold": 2**64}).problem() is None
+    assert "target_recall must be" in DetectorSpec(**{**good, "target_recall": 2**64}).problem()
 
 
 def test_detect_refuses_another_eps_and_a_file_as_its_run_dir(npz_data, tmp_path, capsys):
@@ -145,6 +150,7 @@ def test_detect_refuses_another_eps_and_a_file_as_its_run_dir(npz_data, tmp_path
     in_the_way = tmp_path / "a_file"
     in_the_way.write_text("")
     for extra, message in ((["eps=0.5"], "detect flags at the detector's own eps (0.25)"),
+                           (["eps=auto"], "eps=auto: detect flags at the detector's own eps (0.25)"),
                            ([f"hydra.run.dir={in_the_way}"], "is a file; give a directory"),
                            ([f"hydra.run.dir={in_the_way / 'det'}"], "is a file; give a directory")):
         capsys.readouterr()

@@ -299,7 +299,7 @@ BAD_INPUTS = [
     ("ALMA momentum not a number", lambda t: "attack=alma model.norm=L2 ++attack.options.momentum=abc",
      "attack.options.momentum must be a number in [0, 1); got 'abc'"),
     ("ALMA option out of its range", lambda t: "attack=alma model.norm=L2 ++attack.options.alpha=-1",
-     "attack.options.alpha must be a number in [0, 1]; got -1"),
+     "attack.options.alpha must be a number in [0, 1); got -1"),
     ("FAB option the library never reads", lambda t: "++attack.options.loss_fn=xyz", "unknown attack option 'loss_fn'"),
     ("integer too large for a float", lambda t: "++attack.options.seed=1" + "0" * 400,
      "attack.options.seed must be an integer in [0, 9223372036854775808); got 1000"),
@@ -450,6 +450,18 @@ def test_models_and_tables_usage_errors_are_one_line(tmp_path, capfd, args, expe
     before = files_under(tmp_path)
     assert_one_line_error(*run_cli(args, capfd), expected)
     assert files_under(tmp_path) == before
+
+
+def test_tables_dataset_check_says_when_records_were_left_out(pristine, tmp_path, capfd):
+    root, _ = pristine
+    cache = tmp_path / "cache"
+    shutil.copytree(root / "full", cache)
+    assert cli.main(["tables", "--cache-dir", str(cache), "--out", str(tmp_path / "out"), "--dataset", "NPZ"]) == 0
+    (summary,) = (cache / "runs").glob("*/summary.json")
+    summary.write_text(summary.read_text().replace('"kendall_tau"', '"kendall_tau_x"'))  # no longer its hash
+    capfd.readouterr()
+    assert_one_line_error(*run_cli(["tables", "--cache-dir", str(cache), "--dataset", "npz"], capfd),
+                          "no cached run is on it (cached runs are on: none); 1 note(s) on records left out")
 
 
 def test_models_filters_case_insensitively(capfd):

@@ -446,7 +446,7 @@ def test_library_option_ranges_hold_the_library_defaults():
     ("ddn", {"levels": 1}, r"levels must be an integer >= 2; got 1"),
     ("alma", {"check_steps": 0}, r"check_steps must be an integer >= 1; got 0"),
     # round 10: each of these left every sample of a run unbroken (+inf) or crashed
-    ("alma", {"alpha": -1}, r"alpha must be a number in \[0, 1\]; got -1"),
+    ("alma", {"alpha": -1}, r"alpha must be a number in \[0, 1\); got -1"),
     ("alma", {"τ": 5}, r"τ must be a number in \(0, 1\]; got 5"),
     ("alma", {"gamma": 0.5}, r"gamma must be a number >= 1; got 0.5"),  # the penalty would shrink
     ("alma", {"momentum": 1}, r"momentum must be a number in \[0, 1\); got 1"),
@@ -463,7 +463,7 @@ def test_library_options_outside_their_range_are_refused(name, options, message)
     with pytest.raises(MarginbenchError, match=rf"attack {name}: attack.options.{message}"):
         build_estimator(AttackConfig(name=name, steps=5, options=options), norm)
     edge = {key: {"eta": 1, "alpha_max": 1, "beta": 1, "levels": 2, "check_steps": 1, "p_init": 1, "eot_iter": 2,
-                  "eps": float("inf"), "alpha": 1, "τ": 1, "gamma": 1, "momentum": 0, "logit_tolerance": 0,
+                  "eps": float("inf"), "alpha": 0, "τ": 1, "gamma": 1, "momentum": 0, "logit_tolerance": 0,
                   "lr_reduction": 1}.get(key, 0.5) for key in options}
     build_estimator(AttackConfig(name=name, steps=5, options=edge), norm)  # the closed ends are allowed
 

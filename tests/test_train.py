@@ -162,6 +162,13 @@ def test_a_field_named_like_a_run_config_group_can_be_overridden():
     assert T.load_recipe("cifar10_resnet18_standard", ["dataset=cifar100", "epochs=2"]).dataset == "cifar100"
     with pytest.raises(MarginbenchError, match=r"train.dataset='svhn' cannot be trained on; choose one of"):
         T.load_recipe("fmnist_cnn_pgd", ["dataset=svhn"])
+    for item in ("+dataset=cifar10", "++dataset=cifar10", "dataset='cifar10'"):  # Hydra's grammar, as for any field
+        assert T.load_recipe("fmnist_cnn_pgd", [item]).dataset == "cifar10", item
+
+
+def test_nesterov_without_momentum_is_refused_at_compose_time():
+    with pytest.raises(MarginbenchError, match=r"train.nesterov=true needs train.momentum > 0"):
+        T.load_recipe("fmnist_cnn_pgd", ["momentum=0", "nesterov=true"])
 
 
 # values the schema's types allow that made no sense: NaN lr trained a model to nothing

@@ -105,11 +105,12 @@ _LIBRARY_RULES: dict[str, dict[str, OptionRule]] = {
     # ALMA (Rony et al. 2021): every check_steps steps, where the logit constraint did not
     # improve to tau x its last value, the penalty rho grows by gamma; mu, the RMSProp
     # average and the momentum are moving averages (weights alpha, alpha_rms, momentum);
-    # the step size decays to lr_init x lr_reduction. Outside these ranges (round 10:
+    # the step size decays to lr_init x lr_reduction; alpha < 1: it is also the momentum when
+    # that is unset, and a momentum of 1 never forgets. Outside these ranges (round 10:
     # alpha=-1, init_lr_distance=-1, logit_tolerance=-5) every sample stayed unbroken
     "alma": {"lr_init": _POSITIVE, "mu_init": _POSITIVE, "rho_init": _POSITIVE,
              "check_steps": OptionRule("int", 1), "levels": OptionRule("int", 2),
-             "tau": _UNIT_HALF_OPEN, "gamma": OptionRule("float", 1), "alpha": _UNIT_CLOSED,
+             "tau": _UNIT_HALF_OPEN, "gamma": OptionRule("float", 1), "alpha": OptionRule("float", 0, 1),
              "alpha_rms": _UNIT_CLOSED, "momentum": OptionRule("float", 0, 1), "lr_reduction": _UNIT_HALF_OPEN,
              "init_lr_distance": _POSITIVE, "logit_tolerance": OptionRule("float", 0)},
     # Square (Andriushchenko et al. 2020): p_init, the share of the image a square covers
