@@ -184,7 +184,11 @@ def _exact_below_estimators(oracle, rows: np.ndarray) -> None:
     for name in ESTIMATOR_PRESETS:
         result = build_estimator(preset(name), "Linf")(oracle.model, x, pred)
         ok = result.success
-        assert (table["lower_bound"].to_numpy()[ok] <= result.margin[ok]).all(), name
+        # the bound is certified for the network in real arithmetic; a point checked in float32
+        # flips it up to float32's resolution below (EXACT_TOL, as bench_oracle's
+        # share_below_exact counts): fab_polish on cnn_pgd row 92 lands 1.2e-8 below the bound
+        # on an AMD EPYC machine (round 10), where CI's earlier machine rounded it above
+        assert (table["lower_bound"].to_numpy()[ok] - EXACT_TOL <= result.margin[ok]).all(), name
         assert (table["margin"].to_numpy()[ok] <= result.margin[ok] + EXACT_TOL).all(), name
 
 
