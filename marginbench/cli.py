@@ -73,14 +73,6 @@ class _Parser(argparse.ArgumentParser):
         fail(f"{self.prog}: {message}; see `{self.prog} --help`")
 
 
-def _no_file_in_the_way(option: str, path: Path) -> None:
-    """A file where a directory is to be written (or above it): one line now, not a
-    FileExistsError traceback after the work (round 10)."""
-    for above in (path, *path.parents):
-        if above.exists() and not above.is_dir():
-            fail(f"{option} {path}: {above} is a file; give a directory")
-
-
 def _number(value: float | None) -> str:
     """None (a metric undefined on this run, e.g. tau with every attack failed) is n/a."""
     return "n/a" if value is None else f"{value:.3f}"
@@ -264,7 +256,9 @@ def command_tables(args: list[str]) -> int:
         fail(f"--cache-dir {cache_dir} is a file; give the cache directory")
     if not cache_dir.is_dir():
         fail(f"cache directory {cache_dir} does not exist; run `marginbench run ...` first or pass --cache-dir")
-    _no_file_in_the_way("--out", Path(options.out))
+    from marginbench.settings import check_dir
+
+    check_dir("--out", options.out, write=True)  # a file in the way: FileExistsError after the work (round 10)
     if options.reference and not reference.is_dir():
         fail(f"--reference {reference} is not a directory; give the folder of the paper's reference CSVs")
     if options.dataset:

@@ -100,9 +100,9 @@ def _run_dir(run_dir: str | None, cfg: DictConfig, command: str) -> Path:
     else:
         name = cfg.model.name if cfg.model.kind == "zoo" else "custom"
         path = Path("outputs") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{name}-{command}"
-    for above in (path, *path.parents):
-        if above.exists() and not above.is_dir():
-            raise MarginbenchError(f"hydra.run.dir={path}: {above} is a file; give a directory")
+    from marginbench.settings import check_dir
+
+    check_dir("hydra.run.dir", path, write=True)
     return path
 
 

@@ -578,9 +578,9 @@ def run_training(overrides: list[str], model_dir: Path | str = "models_cache",
             rest.append(item)
     cfg = load_recipe(recipe, rest)
     out = Path(model_dir) / "local" / f"{cfg.name}.pt"
-    for above in out.parents:  # else a NotADirectoryError after the whole training (round 10)
-        if above.exists() and not above.is_dir():
-            raise MarginbenchError(f"paths.model_dir={model_dir}: {above} is a file; give a directory")
+    from marginbench.settings import check_dir
+
+    check_dir("paths.model_dir", out.parent, write=True)  # else a NotADirectoryError after the whole training
     return train_model(cfg, resolve_device(device), out_path=out, data_dir=Path(data_dir) if data_dir else None)
 
 

@@ -151,8 +151,8 @@ def test_detect_refuses_another_eps_and_a_file_as_its_run_dir(npz_data, tmp_path
     in_the_way.write_text("")
     for extra, message in ((["eps=0.5"], "detect flags at the detector's own eps (0.25)"),
                            (["eps=auto"], "eps=auto: detect flags at the detector's own eps (0.25)"),
-                           ([f"hydra.run.dir={in_the_way}"], "is a file; give a directory"),
-                           ([f"hydra.run.dir={in_the_way / 'det'}"], "is a file; give a directory")):
+                           ([f"hydra.run.dir={in_the_way}"], "is a file, not a directory"),
+                           ([f"hydra.run.dir={in_the_way / 'det'}"], "is a file, not a directory")):
         capsys.readouterr()
         args = [a for a in tiny(npz_data, cache) if not (extra[0].startswith("eps") and a.startswith("eps="))]
         with pytest.raises(SystemExit) as exc:
@@ -170,7 +170,7 @@ def test_calibrate_refuses_a_file_as_its_run_dir_before_any_attack(npz_data, tmp
     with pytest.raises(SystemExit) as exc:
         main(["calibrate", *tiny(npz_data, tmp_path / "cache"), *DETECTOR, f"hydra.run.dir={in_the_way}"])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "is a file; give a directory" in err and len(err.strip().splitlines()) == 1, err
+    assert exc.value.code == 2 and "is a file, not a directory" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("samples*"))
 
 

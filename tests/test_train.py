@@ -192,7 +192,7 @@ def test_training_values_outside_their_meaning_are_refused_at_compose_time(overr
 
 def test_a_file_as_model_dir_is_refused_before_training(tmp_path):
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(MarginbenchError, match=r"a_file is a file; give a directory"):
+    with pytest.raises(MarginbenchError, match=r"a_file is a file, not a directory"):
         T.run_training(["recipe=fmnist_cnn_pgd", "name=x"], model_dir=tmp_path / "a_file", data_dir=tmp_path / "nodata")
 
 
