@@ -248,7 +248,7 @@ def command_tables(args: list[str]) -> int:
     parser.add_argument("--force", action="store_true", help="redraw every per-model figure, even those newer than their run")
     parser.add_argument("--dataset", default=None, help="only runs on this dataset")
     options = parser.parse_args(args)
-    from marginbench.report import build_all
+    from marginbench.report import build_all, load_runs
 
     reference = Path(options.reference) if options.reference else Path(__file__).resolve().parent.parent / "results" / "reference"
     cache_dir = Path(options.cache_dir)
@@ -261,22 +261,19 @@ def command_tables(args: list[str]) -> int:
     check_dir("--out", options.out, write=True)  # a file in the way: FileExistsError after the work (round 10)
     if options.reference and not reference.is_dir():
         fail(f"--reference {reference} is not a directory; give the folder of the paper's reference CSVs")
-    if options.dataset:
-        from marginbench.report.runs import load_runs
-
-        with warnings.catch_warnings(record=True) as left_out:  # stale or corrupt records
-            warnings.simplefilter("always", UserWarning)
-            cached = sorted({r.dataset for r in load_runs(cache_dir)})
-        if options.dataset.lower() not in cached:  # empty tables were written without a word (round 10)
-            why = (f"; {len(left_out)} note(s) on records left out: see `marginbench tables --cache-dir {cache_dir}`"
-                   if left_out else "")
-            fail(f"--dataset {options.dataset}: no cached run is on it (cached runs are on: "
-                 f"{', '.join(cached) or 'none'}){why}")
     dataset = options.dataset.lower() if options.dataset else None
     select = (lambda record: record.dataset == dataset) if dataset else None
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:  # stale or corrupt records left out
         warnings.simplefilter("always", UserWarning)
-        written = build_all(cache_dir, Path(options.out), reference, force=options.force, select=select)
+        records = load_runs(cache_dir)  # read once: the dataset check and build_all share them
+        cached = sorted({r.dataset for r in records})
+        if dataset and dataset not in cached:  # empty tables were written without a word (round 10)
+            why = (f"; {len(caught)} note(s) on records left out: see `marginbench tables --cache-dir {cache_dir}`"
+                   if caught else "")
+            fail(f"--dataset {options.dataset}: no cached run is on it (cached runs are on: "
+                 f"{', '.join(cached) or 'none'}){why}")
+        written = build_all(cache_dir, Path(options.out), reference, force=options.force, select=select,
+                            records=records)
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             print(f"note: {warning.message}", file=sys.stderr)

@@ -199,11 +199,7 @@ class TrainConfig:
             raise MarginbenchError(f"train.momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:  # torch's SGD refused it after the data loaded
             raise MarginbenchError("train.nesterov=true needs train.momentum > 0")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise MarginbenchError(f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
-            raise MarginbenchError(f"train.warmup_epochs must be a finite number >= 0, got {self.warmup_epochs}")
-        for key in ("beta", "pair_weight"):
+        for key in ("weight_decay", "warmup_epochs", "beta", "pair_weight"):
             if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
                 raise MarginbenchError(f"train.{key} must be a finite number >= 0, got {getattr(self, key)}")
         if self.eval_n < 1:

@@ -138,11 +138,13 @@ def load_recipe(name: str | None, overrides: list[str] | None = None) -> TrainCo
         key = item.partition("=")[0].lstrip("+")
         return key if key in fields and (config.CONFIG_DIR / key).is_dir() else None
 
+    split = [(late(item), item) for item in overrides]
     try:
-        cfg = hydra_compose(TRAIN_CONFIG_NAME, [*selection, *(o for o in overrides if late(o) is None)])
-        for item in (o for o in overrides if late(o) is not None):
-            # Hydra's own value grammar: quotes stripped, null is None, as for every other field
-            cfg[late(item)] = OverridesParser.create().parse_override(item.lstrip("+")).value()
+        cfg = hydra_compose(TRAIN_CONFIG_NAME, [*selection, *(item for key, item in split if key is None)])
+        parser = OverridesParser.create()
+        for key, item in split:
+            if key is not None:  # Hydra's own value grammar: quotes stripped, null is None, as for any field
+                cfg[key] = parser.parse_override(item.lstrip("+")).value()
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         raise _compose_error(error) from None
     return config_from_mapping(cfg)

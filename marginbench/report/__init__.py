@@ -18,18 +18,21 @@ __all__ = ["RunRecord", "build_all", "load_runs"]
 
 
 def build_all(cache_dir: Path, out_dir: Path, reference_dir: Path | None = None, *,
-              force: bool = False, select: Callable[[RunRecord], bool] | None = None) -> list[Path]:
+              force: bool = False, select: Callable[[RunRecord], bool] | None = None,
+              records: Sequence[RunRecord] | None = None) -> list[Path]:
     """Write Tables 1-4 (+ the 500-sample robust accuracy table) as CSV/Markdown/LaTeX and
     Figures 3-11 as PNG/PDF under ``out_dir/tables`` and ``out_dir/figures``, plus an index
     ``out_dir/REPORT.md``; return the written paths (REPORT.md last).
 
     Per-model figures already newer than their run record are kept unless ``force``.
-    ``select`` keeps only the run records it returns True for (e.g. the demo zoo's)."""
+    ``select`` keeps only the run records it returns True for (e.g. the demo zoo's);
+    ``records``: the cache's records when the caller has read them already (load_runs)."""
     from marginbench.report import figures, tables  # matplotlib only when building
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = [r for r in load_runs(Path(cache_dir)) if select is None or select(r)]
+    records = [r for r in (load_runs(Path(cache_dir)) if records is None else records)
+               if select is None or select(r)]
     refs = load_reference(Path(reference_dir) if reference_dir is not None else None)
     paths = tables.build_tables(records, refs, out_dir / "tables")
     paths += figures.build_figures(records, out_dir / "figures", refs, tables.robust_acc_subset,
