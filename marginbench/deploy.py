@@ -66,8 +66,14 @@ def check_detector_config(det: DictConfig | DetectorConfig, cfg: DictConfig) -> 
     if det.n_test is not None and det.n_test < 1:
         raise MarginbenchError(f"detector.n_test={det.n_test} must be >= 1 (or null: every non-calibration sample)")
     n = n_evaluated(cfg)
-    wanted = det.n_calibration + (det.n_test or 1)
-    if n is not None and wanted > n:
+    if n is not None:
+        check_split_size(n, int(det.n_calibration), det.n_test)
+
+
+def check_split_size(n: int, n_calibration: int, n_test: int | None) -> None:
+    """n evaluated samples must hold the calibration rows and at least one test row."""
+    wanted = n_calibration + (n_test or 1)
+    if wanted > n:
         raise MarginbenchError(
             f"detector.n_calibration + detector.n_test = {wanted} > the {n} evaluated samples; "
             "raise n_samples or lower them")
@@ -75,8 +81,7 @@ def check_detector_config(det: DictConfig | DetectorConfig, cfg: DictConfig) -> 
 
 def split_rows(n: int, n_calibration: int, n_test: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint seeded random calibration and test rows (each sorted) of n evaluated samples."""
-    if n_calibration + (n_test or 1) > n:
-        raise MarginbenchError(f"{n} evaluated samples are fewer than n_calibration + n_test = {n_calibration + (n_test or 1)}")
+    check_split_size(n, n_calibration, n_test)
     perm = np.random.default_rng(seed).permutation(n)
     stop = n if n_test is None else n_calibration + n_test
     return np.sort(perm[:n_calibration]), np.sort(perm[n_calibration:stop])
@@ -115,7 +120,10 @@ def calibrate(cfg: DictConfig, det: DictConfig, run_dir: Path) -> CalibrateResul
 
     check_detector_config(det, cfg)
     _, settings = validate(cfg)  # before any work: pipeline.run validates again, cheaply
-    run = pipeline.run(cfg, run_dir)
+    # n_samples null (the whole test set): the split is checked once the data is loaded,
+    # before any attack, not after them
+    run = pipeline.run(cfg, run_dir, check_n_samples=lambda n: check_split_size(
+        n, int(det.n_calibration), det.n_test))
     if run.shard_only:
         raise MarginbenchError("calibrate needs every margin; drop shard.index (assemble the shards)")
     samples = run.samples

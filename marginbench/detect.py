@@ -66,8 +66,8 @@ def calibration_rank(n1: int, target_recall: float, delta: float, n_test: int | 
     if n1 < need:
         raise MarginbenchError(
             f"{n1} non-robust calibration samples are too few for recall {target_recall} with "
-            f"confidence {1 - delta:g}: need at least {need}; calibrate on more samples, "
-            "lower target_recall or raise delta"
+            f"confidence {1 - delta:g}: need at least {need}; calibrate on more samples or at a larger eps "
+            "(cached margins are reused), lower target_recall or raise delta"
         )
     if n_test is None:
         conf = stats.binom.cdf(np.arange(n1), n1, target_recall)  # conf[r-1] = P(Bin <= r-1)

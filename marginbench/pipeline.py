@@ -17,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -54,11 +54,14 @@ class RunResult:
     message: str = ""
 
 
-def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) -> RunResult:
+def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None,
+        check_n_samples: Callable[[int], None] | None = None) -> RunResult:
     """Run the whole pipeline for one config; returns the summary and per-sample table.
 
     ``run_dir``: where summary.json, samples.csv and the figures go (None: nowhere; the
-    results are still cached and returned)."""
+    results are still cached and returned). ``check_n_samples``: called with the number of
+    evaluated samples once the data is loaded, before any attack (a caller's check that
+    needs it, e.g. calibrate's split when n_samples is null: the whole test set)."""
     from marginbench import data
 
     cfg = as_config(cfg)
@@ -69,6 +72,8 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None) 
     eval_set = data.load_eval_set(dataset_config(cfg, settings), settings.data_dir, cfg.n_samples,
                                   list(cfg.indices) if cfg.indices is not None else None)
     data.check_compatible(eval_set, entry)
+    if check_n_samples is not None:
+        check_n_samples(int(eval_set.images.shape[0]))
     store = ArtifactStore(settings.cache_dir)
     attach_checks(model, eval_set, entry)
     execution = Execution(settings.device, int(cfg.batch_size), bool(cfg.progress))

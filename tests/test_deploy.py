@@ -192,6 +192,30 @@ def test_config_errors_are_one_line_and_write_nothing(npz_data, tmp_path, capsys
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
+def test_a_split_larger_than_the_whole_test_set_is_refused_before_any_attack(npz_data, tmp_path, capsys):
+    # n_samples=null: the number of samples is known only once the data is loaded; the
+    # split used to be checked after every attack had run
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", *tiny(npz_data, tmp_path / "cache"), *DETECTOR[:-1], "detector.n_test=40",
+              f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "= 64 > the 48 evaluated samples" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "detector.json").exists()
+
+
+def test_too_small_an_eps_says_so_and_keeps_the_margins_for_the_next_eps(npz_data, tmp_path, capsys):
+    # no sample is non-robust at eps=1e-9: known only once the margins exist, so the error
+    # comes after them, and points at eps; the margins stay cached for the next try
+    args = [a for a in tiny(npz_data, tmp_path / "cache") if not a.startswith("eps=")]
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", *args, "eps=1e-9", *DETECTOR, f"hydra.run.dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "0 non-robust calibration samples are too few" in err[-1], err
+    assert "at a larger eps (cached margins are reused)" in err[-1] and not any("Traceback" in e for e in err)
+    assert not (tmp_path / "run" / "detector.json").exists()
+    assert len(list((tmp_path / "cache" / "margins").glob("*/arrays.npz"))) == 1
+
+
 def test_split_rows_is_seeded_and_disjoint():
     cal, test = deploy.split_rows(100, 30, 50, seed=3)
     assert cal.size == 30 and test.size == 50 and not set(cal) & set(test)
