@@ -537,6 +537,20 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------------------
 
 
+def check_name_is_free(name: str) -> None:
+    """A model the registry already knows by this name would shadow the checkpoint:
+    ``marginbench run model=<name>`` resolves the registry first and would never load it.
+    The paper's own models (MD0, TR0, ...: source "local") are the exception: their entry
+    loads ``<model_dir>/local/<code>.pt``, the very file this writes (README: train them)."""
+    from marginbench.models.registry import registry_entry
+
+    entry = registry_entry(name)
+    if entry is not None and entry.source != "local":
+        raise MarginbenchError(
+            f"train name={name} is taken: `marginbench run model={name}` loads the registry's {entry.code} "
+            f"({entry.source}, {entry.architecture}), never the checkpoint trained here; choose another name")
+
+
 def train_from_config(cfg: Any, model_dir: Path, data_dir: Path | None, device: Any = "auto") -> Path:
     """CLI entry: train from a ``train`` config node and save to ``<model_dir>/local/<name>.pt``.
 
@@ -559,6 +573,7 @@ def train_from_config(cfg: Any, model_dir: Path, data_dir: Path | None, device: 
         if node is not cfg and cfg.get("name"):
             node["name"] = cfg["name"]
         train_cfg = config_from_mapping(node)
+    check_name_is_free(train_cfg.name)
     out = Path(model_dir) / "local" / f"{train_cfg.name}.pt"
     return train_model(train_cfg, resolve_device(device), out_path=out, data_dir=data_dir)
 
@@ -579,6 +594,7 @@ def run_training(overrides: list[str], model_dir: Path | str = "models_cache",
         else:
             rest.append(item)
     cfg = load_recipe(recipe, rest)
+    check_name_is_free(cfg.name)
     out = Path(model_dir) / "local" / f"{cfg.name}.pt"
     from marginbench.settings import check_dir
 

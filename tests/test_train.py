@@ -196,6 +196,28 @@ def test_a_file_as_model_dir_is_refused_before_training(tmp_path):
         T.run_training(["recipe=fmnist_cnn_pgd", "name=x"], model_dir=tmp_path / "a_file", data_dir=tmp_path / "nodata")
 
 
+@pytest.mark.parametrize("name, owner", [("fm_madry", "fm_madry (zoo"), ("FM_Madry", "fm_madry (zoo"),
+                                         ("XU80", "XU80 (robustbench"), ("ding2020mma", "DI0 (robustbench")])
+def test_a_name_the_registry_resolves_first_is_refused_before_training(tmp_path, name, owner):
+    # `run model=<name>` resolves the registry before <model_dir>/local: the checkpoint
+    # would be written and never loaded
+    for train in (lambda: T.run_training(["recipe=fmnist_cnn_pgd", f"name={name}"], model_dir=tmp_path,
+                                         data_dir=tmp_path / "nodata"),
+                  lambda: T.train_from_config({"name": name, "train": asdict(T.load_recipe("fmnist_cnn_pgd"))},
+                                              model_dir=tmp_path, data_dir=tmp_path / "nodata", device="cpu")):
+        with pytest.raises(MarginbenchError) as err:
+            train()
+        assert f"train name={name} is taken" in str(err.value) and owner in str(err.value), err.value
+        assert "\n" not in str(err.value) and not (tmp_path / "local").exists()
+
+
+def test_the_paper_models_trained_here_keep_their_codes():
+    # MD0, TR0, ...: registry entries whose weights are <model_dir>/local/<code>.pt (README)
+    for code in ("MD0", "tr0"):
+        T.check_name_is_free(code)
+    T.check_name_is_free("my_model")
+
+
 def test_recipes_are_composed_from_config_dir(tmp_path, monkeypatch):
     """The recipe comes from marginbench.config.CONFIG_DIR (MARGINBENCH_CONFIG_DIR), typed by
     TrainConfig in Hydra's ConfigStore: a key the schema lacks fails even inside a recipe."""

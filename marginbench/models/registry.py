@@ -255,6 +255,17 @@ def _all_names(model_dir: Path | None) -> list[str]:
     return sorted(set(names))
 
 
+def registry_entry(name: str, *, dataset: str | None = None, threat_model: str | None = None) -> ModelEntry | None:
+    """The registry entry ``name`` resolves to before any ``<model_dir>/local`` checkpoint
+    (paper code, built-in, demo-zoo name or registered RobustBench id), or None: a local
+    checkpoint of this name would be shadowed by it (``marginbench train`` refuses such names)."""
+    key = name.strip().lower()
+    for entry in _static_entries():
+        if entry.code.lower() == key and (not dataset or entry.dataset == dataset):
+            return entry
+    return _by_robustbench_id(name.strip(), dataset, threat_model)
+
+
 def resolve_model(
     name: str,
     model_dir: Path | str | None = None,
@@ -280,10 +291,7 @@ def resolve_model(
         dataset, threat_model, text = parts[0].lower(), parts[1], parts[2]
     key = text.lower()
 
-    for entry in _static_entries():
-        if entry.code.lower() == key and (not dataset or entry.dataset == dataset):
-            return entry
-    entry = _by_robustbench_id(text, dataset, threat_model)
+    entry = registry_entry(text, dataset=dataset, threat_model=threat_model)
     if entry is not None:
         return entry
     for stem, path in local_files(Path(model_dir) if model_dir is not None else None).items():
