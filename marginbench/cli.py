@@ -252,12 +252,11 @@ def command_tables(args: list[str]) -> int:
 
     reference = Path(options.reference) if options.reference else Path(__file__).resolve().parent.parent / "results" / "reference"
     cache_dir = Path(options.cache_dir)
-    if cache_dir.exists() and not cache_dir.is_dir():
-        fail(f"--cache-dir {cache_dir} is a file; give the cache directory")
-    if not cache_dir.is_dir():
-        fail(f"cache directory {cache_dir} does not exist; run `marginbench run ...` first or pass --cache-dir")
     from marginbench.settings import check_dir
 
+    check_dir("--cache-dir", cache_dir, write=False)  # a file in the way, or no permission to read it
+    if not cache_dir.is_dir():
+        fail(f"cache directory {cache_dir} does not exist; run `marginbench run ...` first or pass --cache-dir")
     check_dir("--out", options.out, write=True)  # a file in the way: FileExistsError after the work (round 10)
     if options.reference and not reference.is_dir():
         fail(f"--reference {reference} is not a directory; give the folder of the paper's reference CSVs")
