@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,18 +63,12 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None,
     results are still cached and returned). ``check_n_samples``: called with the number of
     evaluated samples once the data is loaded, before any attack (a caller's check that
     needs it, e.g. calibrate's split when n_samples is null: the whole test set)."""
-    from marginbench import data
-
     cfg = as_config(cfg)
     started = time.perf_counter()
     entry, settings = validate(cfg)
     model = LazyModel(cfg.model, settings.model_dir, settings.device)
     ensure_model_available(cfg, entry, settings.model_dir, model)
-    eval_set = data.load_eval_set(dataset_config(cfg, settings), settings.data_dir, cfg.n_samples,
-                                  list(cfg.indices) if cfg.indices is not None else None)
-    data.check_compatible(eval_set, entry)
-    if check_n_samples is not None:
-        check_n_samples(int(eval_set.images.shape[0]))
+    eval_set = load_checked_eval_set(cfg, settings, entry, check_n_samples)
     store = ArtifactStore(settings.cache_dir)
     attach_checks(model, eval_set, entry)
     execution = Execution(settings.device, int(cfg.batch_size), bool(cfg.progress))
@@ -119,6 +114,19 @@ def run(cfg: DictConfig | MarginbenchConfig, run_dir: Path | str | None = None,
         write_run_dir(run_dir, record, samples, summary, cfg.plots)
     log.info("run finished in %.1f s", time.perf_counter() - started)
     return RunResult(summary, samples, run_dir, keys)
+
+
+def load_checked_eval_set(cfg: DictConfig, settings: RunSettings, entry: Any,
+                          check_n_samples: Callable[[int], None] | None) -> Any:
+    """The evaluated images, checked against the model's input and the caller's check."""
+    from marginbench import data
+
+    eval_set = data.load_eval_set(dataset_config(cfg, settings), settings.data_dir, cfg.n_samples,
+                                  list(cfg.indices) if cfg.indices is not None else None)
+    data.check_compatible(eval_set, entry)
+    if check_n_samples is not None:
+        check_n_samples(int(eval_set.images.shape[0]))
+    return eval_set
 
 
 def _pseudo_stage(
