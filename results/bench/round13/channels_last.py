@@ -1,9 +1,9 @@
-"""Round 12 probe: does running the model in channels_last memory format speed the
+"""Round 13 probe: does running the model in channels_last memory format speed the
 estimators up on CPU, and does it change the ratio to fab?  Each estimator runs twice in
 one process, on the model as loaded and on a copy converted to channels_last (weights and
 inputs); prints wall seconds and the per-sample margin ratio channels_last / plain.
 
-    OMP_NUM_THREADS=1 .venv/bin/python results/bench/round12/channels_last.py MODEL DATA N EST...
+    OMP_NUM_THREADS=1 .venv/bin/python results/bench/round13/channels_last.py MODEL DATA N EST...
 """
 import copy
 import sys

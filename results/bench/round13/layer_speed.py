@@ -1,7 +1,7 @@
-"""Round 12 probe: fm_madry's max-pool and convolution layers, forward, NCHW against
+"""Round 13 probe: fm_madry's max-pool and convolution layers, forward, NCHW against
 channels_last, one thread, input requiring grad as in an attack (ms per call, mean of 50).
 
-    OMP_NUM_THREADS=1 .venv/bin/python results/bench/round12/layer_speed.py
+    OMP_NUM_THREADS=1 .venv/bin/python results/bench/round13/layer_speed.py
 """
 import time
 

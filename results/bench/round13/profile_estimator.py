@@ -1,6 +1,6 @@
-"""Round 12 probe: where an estimator's time goes on fm_madry (cProfile, one thread).
+"""Round 13 probe: where an estimator's time goes on fm_madry (cProfile, one thread).
 
-    OMP_NUM_THREADS=1 .venv/bin/python results/bench/round12/profile_estimator.py EST N
+    OMP_NUM_THREADS=1 .venv/bin/python results/bench/round13/profile_estimator.py EST N
 """
 import cProfile
 import pstats
