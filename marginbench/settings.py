@@ -133,6 +133,14 @@ def check_dir(key: str, path: Path | str, write: bool) -> None:
             )
 
 
+def check_out_file(key: str, path: Path | str) -> None:
+    """``path`` can be written as a file: not a directory, in a folder we may write to.
+    Checked before the work whose result it holds (the write itself comes last)."""
+    if Path(path).is_dir():
+        raise MarginbenchError(f"{key}={path} is a directory; give a file name in it, e.g. {Path(path) / 'bench.csv'}")
+    check_dir(key, Path(path).absolute().parent, write=True)
+
+
 def dataset_config(cfg: DictConfig, settings: RunSettings) -> DictConfig:
     """The dataset node with ``auto`` replaced by the model's own dataset."""
     if cfg.dataset.name != "auto":

@@ -31,6 +31,7 @@ from marginbench.config import AttackConfig, ModelConfig, attack_preset
 from marginbench.data import read_idx, to_float_nchw
 from marginbench.errors import MarginbenchError
 from marginbench.margins import DEFAULT_ATTACK, MarginBatch, build_estimator
+from marginbench.settings import check_out_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -42,19 +43,50 @@ def parse_value(text: str):
 
 
 def load_attack(spec: str) -> tuple[str, AttackConfig]:
+    """``name:key=value,options.key=value`` -> (spec, config); a bad spec is a MarginbenchError."""
     name, _, overrides = spec.partition(":")
     try:
         raw = attack_preset(name)
     except MarginbenchError as exc:
-        sys.exit(f"unknown estimator: {exc}")
+        raise MarginbenchError(f"unknown estimator: {exc}") from None
     raw["options"] = dict(raw["options"] or {})
     for item in filter(None, overrides.split(",")):
-        key, _, value = item.partition("=")
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MarginbenchError(f"estimator {spec!r}: {item!r} is not key=value; "
+                                   "write e.g. fab:steps=50,options.polish_rounds=2")
         if key.startswith("options."):
             raw["options"][key[len("options."):]] = parse_value(value)
         else:
             raw[key] = parse_value(value)
-    return spec, AttackConfig(**raw)
+    try:
+        return spec, AttackConfig(**raw)
+    except TypeError as exc:  # a key the attack config does not have
+        raise MarginbenchError(f"estimator {spec!r}: {exc}; see configs/attack/{name}.yaml for its keys") from None
+
+
+def checked_attacks(specs: list[str], norm: str) -> list[tuple[str, AttackConfig]]:
+    """Every estimator parsed and built once before any of them runs: a typo in the last
+    one would otherwise stop the benchmark after the others' (long) runs. Building checks
+    each option's type and range, as `marginbench run` does before loading a model."""
+    attacks = []
+    for spec in specs:
+        label, cfg = load_attack(spec)
+        try:
+            build_estimator(cfg, norm)
+        except (TypeError, ValueError) as exc:  # e.g. steps=abc reaches int() there
+            name = spec.partition(":")[0]
+            raise MarginbenchError(f"estimator {spec!r}: {exc}; give each key a value of the type "
+                                   f"configs/attack/{name}.yaml has") from None
+        attacks.append((label, cfg))
+    return attacks
+
+
+def check_counts(**counts: int) -> None:
+    """Sample and batch counts a run can use (0 samples or a 0-row batch would fail late)."""
+    for key, value in counts.items():
+        if value < 1:
+            raise MarginbenchError(f"--{key.replace('_', '-')} {value}: must be at least 1")
 
 
 def load_model(name: str, device: torch.device) -> torch.nn.Module:
@@ -75,21 +107,35 @@ def load_model(name: str, device: torch.device) -> torch.nn.Module:
     try:
         model, _entry = registry_load(ModelConfig(kind="zoo", name=name), model_dir, device)
     except MarginbenchError as exc:
-        sys.exit(f"cannot load model {name!r}: {exc}")
+        raise MarginbenchError(f"cannot load model {name!r}: {exc}") from None
     return model.eval()
 
 
 def load_data(spec: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     if spec == "fashion_mnist":
-        images = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")[:n, :, :, None]
-        labels = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")[:n]
+        files = [FASHION_DIR / f"t10k-{part}-idx{dim}-ubyte.gz" for part, dim in (("images", 3), ("labels", 1))]
+        if not all(f.is_file() for f in files):
+            raise MarginbenchError(f"--data fashion_mnist: no test set in {FASHION_DIR}; "
+                                   "run `make data` (installs Debian's dataset-fashion-mnist)")
+        images, labels = read_idx(files[0])[:n, :, :, None], read_idx(files[1])[:n]
     else:
-        data = np.load(spec)
-        images, labels = data["images"][:n], data["labels"][:n]
-        if images.ndim == 3:
-            images = images[..., None]
+        images, labels = load_npz(spec, n)
     x = to_float_nchw(np.array(images, copy=True))  # the pipeline's layout: same margins as `marginbench run`
     return x, torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+
+def load_npz(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` images (uint8 NHW or NHWC) and labels of an .npz file."""
+    if not Path(path).is_file():
+        raise MarginbenchError(f"--data {path}: no such file; give an .npz with `images` (uint8 NHWC) "
+                               "and `labels`, or fashion_mnist")
+    try:
+        with np.load(path) as data:
+            images, labels = data["images"][:n], data["labels"][:n]
+    except (KeyError, ValueError, OSError, TypeError) as exc:  # TypeError: an .npy, not an .npz
+        raise MarginbenchError(f"--data {path}: cannot read images and labels ({exc}); "
+                               "give an .npz with `images` (uint8 NHWC) and `labels`") from None
+    return (images[..., None] if images.ndim == 3 else images), labels
 
 
 def run_estimator(estimator, model, x, y_pred, batch_size: int) -> MarginBatch:
@@ -162,7 +208,7 @@ def summarize(results: dict[str, MarginBatch], fab_key: str | None) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="aa_resnet18", help="aa_resnet18 | path to a .pt | registry name")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10_test_first100.npz"), help="npz (uint8 NHWC images, labels) or fashion_mnist")
@@ -175,28 +221,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--resume", action="store_true", help="reuse estimators already in <out>_samples.csv")
     p.add_argument("--out", default=None, help="summary CSV (default results/bench/<model>_<norm>.csv)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # every input checked before the model loads: a bad one would otherwise surface after
+    # the first estimators' runs (an hour on the ResNet-18) or at the final write
+    check_counts(n=args.n, batch_size=args.batch_size)
+    if args.threads < 0:
+        raise MarginbenchError(f"--threads {args.threads}: must be 0 (torch's default) or more")
+    attacks = checked_attacks(args.estimators, args.norm)
+    out = Path(args.out or ROOT / "results" / "bench" / f"{Path(args.model).stem}_{args.norm}.csv")
+    check_out_file("--out", out)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = load_model(args.model, device)
     x, labels = load_data(args.data, args.n)
+    model = load_model(args.model, device)
     x, labels = x.to(device), labels.to(device)
     with torch.no_grad():
         y_pred = torch.cat([model(x[i: i + args.batch_size]).argmax(1) for i in range(0, len(x), args.batch_size)])
     print(f"[bench] model={args.model} data={args.data} n={len(x)} norm={args.norm} device={device} "
           f"accuracy={(y_pred == labels).float().mean().item():.3f} threads={torch.get_num_threads()}")
 
-    model_tag = Path(args.model).stem
-    out = Path(args.out or ROOT / "results" / "bench" / f"{model_tag}_{args.norm}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     samples_path = out.with_name(out.stem + "_samples.csv")
+    done = load_samples(samples_path, len(x)) if args.resume else {}
     results: dict[str, MarginBatch] = {}
     cpu_seconds: dict[str, float] = {}
-    done = load_samples(samples_path, len(x)) if args.resume else {}
-    for spec in args.estimators:
-        label, cfg = load_attack(spec)
+    for label, cfg in attacks:
         if label in done:
             results[label], cpu_seconds[label] = done[label]
             print(f"[bench] {label}: reused from {samples_path}", flush=True)
@@ -208,25 +262,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {label}: {time.perf_counter() - start:.1f}s wall, {cpu_seconds[label]:.1f}s CPU  {estimator!r}", flush=True)
         # written after every estimator: a killed run keeps what it finished (--resume)
         write_samples(samples_path, labels, y_pred, results, cpu_seconds)
-
-    fab_key = next((k for k in results if k == "fab"), None)
-    table = summarize(results, fab_key)
-    # CPU time of this process: on a shared machine wall time swings with other users' load
-    table["cpu_seconds_per_sample"] = [cpu_seconds[k] / len(x) for k in results]
-    if fab_key:
-        table["cpu_time_ratio_to_fab"] = [cpu_seconds[k] / cpu_seconds[fab_key] for k in results]
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_columns", 30)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-
-    table.insert(0, "model", args.model)
-    table.insert(1, "norm", args.norm)
-    table.insert(2, "n", len(x))
-    atomic_write_text(out, table.to_csv(index=False))
+    write_summary(out, args, results, cpu_seconds, len(x))
     write_samples(samples_path, labels, y_pred, results, cpu_seconds)
     print(f"[bench] wrote {out} and {samples_path}")
     return 0
 
 
+def write_summary(out: Path, args: argparse.Namespace, results: dict[str, MarginBatch],
+                  cpu_seconds: dict[str, float], n: int) -> None:
+    fab_key = next((k for k in results if k == "fab"), None)
+    table = summarize(results, fab_key)
+    # CPU time of this process: on a shared machine wall time swings with other users' load
+    table["cpu_seconds_per_sample"] = [cpu_seconds[k] / n for k in results]
+    if fab_key:
+        table["cpu_time_ratio_to_fab"] = [cpu_seconds[k] / cpu_seconds[fab_key] for k in results]
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", 30)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    table.insert(0, "model", args.model)
+    table.insert(1, "norm", args.norm)
+    table.insert(2, "n", n)
+    atomic_write_text(out, table.to_csv(index=False))
+
+
+def run_main(main_function, name: str) -> int:
+    """Bad input as one line on stderr and exit status 2, as `marginbench` does."""
+    try:
+        return main_function()
+    except MarginbenchError as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, "bench_margins"))

@@ -26,12 +26,15 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_margins import load_attack, run_estimator  # noqa: E402  (same folder)
+from bench_margins import check_counts, checked_attacks, run_estimator, run_main  # noqa: E402  (same folder)
 
 from marginbench.cache import atomic_write_text  # noqa: E402
+from marginbench.config import AttackConfig  # noqa: E402
+from marginbench.errors import MarginbenchError  # noqa: E402
 from marginbench.margins import build_estimator  # noqa: E402
 from marginbench.margins.base import EXACT_TOL  # noqa: E402
-from marginbench.oracle import load_oracle  # noqa: E402
+from marginbench.oracle import Oracle, load_oracle  # noqa: E402
+from marginbench.settings import check_out_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WITHIN = 0.01  # "within 1 %": margin <= exact * 1.01
@@ -51,19 +54,18 @@ def score(margin: np.ndarray, exact: np.ndarray, lower: np.ndarray) -> dict[str,
     }
 
 
-def bench_net(folder: Path, specs: list[str], batch: int) -> tuple[list[dict], pd.DataFrame]:
-    oracle = load_oracle(folder)
+def bench_net(oracle: Oracle, attacks: list[tuple[str, AttackConfig]], batch: int) -> tuple[list[dict], pd.DataFrame]:
     table = oracle.table
     x = oracle.images
     with torch.no_grad():
         pred = oracle.model(x).argmax(1)
     if not np.array_equal(pred.numpy(), table["pred"].to_numpy()):
-        sys.exit(f"{folder}: the network's predictions differ from margins.csv; regenerate the oracle")
+        raise MarginbenchError(f"{oracle.name}: the network's predictions differ from margins.csv; "
+                               "regenerate the oracle (scripts/make_oracle.py)")
     known = table["status"].to_numpy() == "exact"
     exact, lower = table["margin"].to_numpy(float), table["lower_bound"].to_numpy(float)
     rows, per_sample = [], table[["index", "label", "pred", "margin", "lower_bound", "status"]].copy()
-    for spec in specs:
-        label, cfg = load_attack(spec)
+    for label, cfg in attacks:
         estimator = build_estimator(cfg, "Linf")
         start, cpu = time.perf_counter(), time.process_time()
         result = run_estimator(estimator, oracle.model, x, pred, batch)
@@ -108,10 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "oracle_Linf.csv")
     args = p.parse_args(argv)
+    # every input checked before the first estimator runs, the output path included
+    check_counts(batch_size=args.batch_size, threads=args.threads)
+    attacks = checked_attacks(args.estimators, "Linf")
+    check_out_file("--out", args.out)
+    oracles = [load_oracle(folder) for folder in args.oracle]
     torch.set_num_threads(args.threads)
     rows, samples = [], []
-    for folder in args.oracle:
-        r, s = bench_net(folder, args.estimators, args.batch_size)
+    for oracle in oracles:
+        r, s = bench_net(oracle, attacks, args.batch_size)
         rows += r
         samples.append(s)
     if len(samples) > 1:
@@ -129,4 +136,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, "bench_oracle"))

@@ -1,0 +1,94 @@
+"""`make bench`'s scripts refuse bad input the way `marginbench` does: one line on stderr,
+exit 2, nothing written, and before any estimator runs (a typo in the last estimator, or an
+--out that is a directory, used to surface after an hour of attacks, as a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ORACLE = ROOT / "results" / "oracle"
+
+
+@pytest.fixture
+def scripts(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import bench_margins
+    import bench_oracle
+
+    return bench_margins, bench_oracle
+
+
+BASE = ["--model", "fm_madry", "--data", "fashion_mnist", "--n", "4"]
+OUT = ["--out", "{tmp}/run/bench.csv"]
+# bench_margins arguments ({tmp}: the test's folder) -> a phrase its one-line error must contain
+BAD_MARGINS_INPUTS = {
+    "typo in the last estimator": ([*BASE, "--estimators", "fab", "nosuch", *OUT], "preset 'nosuch' does not exist"),
+    "value of the wrong type": ([*BASE, "--estimators", "fab", "fab:steps=abc", *OUT], "of the type"),
+    "option out of range": ([*BASE, "--estimators", "fab", "fab_polish:options.polish_rounds=-1", *OUT], "polish_rounds"),
+    "override without =": ([*BASE, "--estimators", "fab:steps", *OUT], "is not key=value"),
+    "unknown key": ([*BASE, "--estimators", "fab:stepz=3", *OUT], "stepz"),
+    "--out is a directory": ([*BASE, "--estimators", "fab", "--out", "{tmp}/dir"], "is a directory"),
+    "--out under a file": ([*BASE, "--estimators", "fab", "--out", "{tmp}/a_file/b.csv"], "is a file"),
+    "missing data file": ([*BASE[:2], "--data", "{tmp}/none.npz", "--estimators", "fab", *OUT], "no such file"),
+    "unreadable data file": ([*BASE[:2], "--data", "{tmp}/not_an.npz", "--estimators", "fab", *OUT], "cannot read"),
+    "unknown model": (["--model", "nosuchmodel", *BASE[2:], "--estimators", "fab", *OUT], "unknown model"),
+    "no samples": ([*BASE[:4], "--n", "0", "--estimators", "fab", *OUT], "--n 0"),
+    "empty batches": ([*BASE, "--batch-size", "0", "--estimators", "fab", *OUT], "--batch-size 0"),
+    "negative threads": ([*BASE, "--threads", "-1", "--estimators", "fab", *OUT], "--threads -1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MARGINS_INPUTS))
+def test_bench_margins_refuses_bad_input_before_any_attack(scripts, tmp_path, capsys, case):
+    bench_margins, _ = scripts
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "not_an.npz").write_text("x")
+    args, phrase = BAD_MARGINS_INPUTS[case]
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    before = sorted(tmp_path.rglob("*"))
+    status = bench_margins.run_main(lambda: bench_margins.main(argv), "bench_margins")
+    captured = capsys.readouterr()
+    assert status == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench_margins: error: ") and phrase in lines[0], captured.err
+    assert "[bench]" not in captured.out  # refused before the model ran, let alone an estimator
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("args,phrase", [
+    (["--estimators", "fab", "nosuch"], "preset 'nosuch' does not exist"),
+    (["--oracle", str(ORACLE / "mlp_std"), "/nonexistent/net", "--estimators", "fab"], "not an oracle folder"),
+    (["--estimators", "fab", "--batch-size", "0"], "--batch-size 0"),
+    (["--estimators", "fab", "--out", "{tmp}"], "is a directory"),
+])
+def test_bench_oracle_refuses_bad_input_before_any_attack(scripts, tmp_path, capsys, args, phrase):
+    _, bench_oracle = scripts
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "run" / "oracle.csv")]
+    status = bench_oracle.run_main(lambda: bench_oracle.main(argv), "bench_oracle")
+    captured = capsys.readouterr()
+    assert status == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench_oracle: error: ") and phrase in lines[0], captured.err
+    assert "[oracle]" not in captured.out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_oracle_scores_an_estimator_against_the_exact_margins(scripts, tmp_path):
+    """The good path still writes the table and the per-sample margins, and never below exact."""
+    _, bench_oracle = scripts
+    out = tmp_path / "oracle.csv"
+    assert bench_oracle.main(["--oracle", str(ORACLE / "mlp_std"), "--estimators", "fab:steps=5",
+                              "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    row = table.set_index("estimator").loc["fab:steps=5"]
+    assert row["n_exact"] == 120 and row["share_below_exact"] == 0 and row["n_below_lower_bound_all"] == 0
+    assert 0 < row["share_within_1pct"] <= 1 and row["mean_overshoot"] >= 0
+    samples = pd.read_csv(tmp_path / "oracle_samples.csv")
+    assert len(samples) == 120 and (samples["margin[fab:steps=5]"] >= samples["lower_bound"] - 1e-6).all()
