@@ -7,25 +7,25 @@ Beside it the paper's uncalibrated threshold: the empirical 95%-TPR threshold of
 calibration part. Prints a table. ``share_ok``: population rule (its guarantee is on the population recall; the
 realised test recall scatters around it, ``exact`` is the beta-binomial probability that it
 is >= target); ``ok_batch``: the batch rule told the test part's number of non-robust inputs.
-Exits 1 if a batch-rule share is below 1 - δ - 2 standard errors of an N_SPLITS-split proportion.
+Exits 1 if a batch-rule share is below 1 - δ - 2 standard errors of an n_splits-split proportion.
 
     python scripts/check_detector_calibration.py [runs_dir [n_splits (200)]]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from run_folders import run_folders  # same folder
 
 from marginbench import detect, metrics
 
 TARGET, DELTA = 0.95, 0.05
-RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
-N_SPLITS = int(sys.argv[2]) if len(sys.argv) > 2 else 200
-SKIP = {"fm_mart_pseudo"}  # same model and margins as fm_mart
+RUNS = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
+SKIP = frozenset({"fm_mart_pseudo"})  # same model and margins as fm_mart
 
 
 def _eps(run: Path) -> float:
@@ -48,13 +48,13 @@ def one_split(d_in, d_out, eps, cal, test):
     return rec, fpr, rec0, fpr0, exact, recb, fprb
 
 
-def check_run(run: Path, n_cal: int) -> dict:
+def check_run(run: Path, n_cal: int, n_splits: int) -> dict:
     s = pd.read_csv(run / "samples.csv")
     d_in, d_out = s["input_margin"].to_numpy(float), s["logit_margin"].to_numpy(float)
     eps, n = _eps(run), len(s)
     rng = np.random.default_rng(0)
     rows, refused = [], 0
-    for _ in range(N_SPLITS):
+    for _ in range(n_splits):
         perm = rng.permutation(n)
         try:
             rows.append(one_split(d_in, d_out, eps, perm[:n_cal], perm[n_cal:]))
@@ -71,15 +71,20 @@ def check_run(run: Path, n_cal: int) -> dict:
     }
 
 
-def main() -> int:
-    runs = [p for p in sorted(RUNS.iterdir()) if (p / "samples.csv").exists() and p.name not in SKIP]
-    table = pd.DataFrame([check_run(r, k) for r in runs for k in (200, 500)])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs_dir", nargs="?", type=Path, default=RUNS, help="run folders with samples.csv and summary.json")
+    p.add_argument("n_splits", nargs="?", type=int, default=200, help="random calibration/test splits per run")
+    args = p.parse_args(argv)
+    runs = run_folders(p, args.runs_dir, SKIP)
+    n_splits = args.n_splits
+    table = pd.DataFrame([check_run(r, k, n_splits) for r in runs for k in (200, 500)])
     pd.set_option("display.width", 200)
-    print(f"target recall {TARGET}, delta {DELTA}, {N_SPLITS} splits; FPR = median over splits")
+    print(f"target recall {TARGET}, delta {DELTA}, {n_splits} splits; FPR = median over splits")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    floor = 1 - DELTA - 2 * np.sqrt(DELTA * (1 - DELTA) / N_SPLITS)
+    floor = 1 - DELTA - 2 * np.sqrt(DELTA * (1 - DELTA) / n_splits)
     # a refused calibration (too few non-robust samples) is the rule working, not failing
-    ran = table[table["refused"] < N_SPLITS]
+    ran = table[table["refused"] < n_splits]
     bad = ran[ran["ok_batch"] < floor]
     if len(bad):
         print(f"BELOW {floor:.3f}:", ", ".join(f"{m}/{k}" for m, k in zip(bad.model, bad.n_cal, strict=True)))

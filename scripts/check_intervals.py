@@ -12,23 +12,23 @@ Prints coverage and median width per method; exits 1 if a coverage is below nomi
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from run_folders import run_folders  # same folder
 
 from marginbench import intervals, metrics
 
-N_RESAMPLES = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 LEVEL = 0.95
-RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
-SKIP = {"fm_mart_pseudo"}  # same model and margins as fm_mart
+RUNS = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
+SKIP = frozenset({"fm_mart_pseudo"})  # same model and margins as fm_mart
 METHODS = ("ppi_finite_population", "ppi", "clopper_pearson", "wald")
 
 
-def check_run(run: Path, n: int) -> dict:
+def check_run(run: Path, n: int, n_resamples: int) -> dict:
     s = pd.read_csv(run / "samples.csv")
     eps = float(json.loads((run / "summary.json").read_text())["eps"])
     d_in, d_out = s["input_margin"].to_numpy(float), s["logit_margin"].to_numpy(float)
@@ -36,7 +36,7 @@ def check_run(run: Path, n: int) -> dict:
     truth = metrics.robust_accuracy_attack(correct, d_in, eps)
     hits = {m: [] for m in METHODS}
     widths = {m: [] for m in METHODS}
-    for seed in range(N_RESAMPLES):
+    for seed in range(n_resamples):
         out = intervals.robust_accuracy_intervals(d_in, d_out, correct, eps, n_attacked=n, seed=seed,
                                                   level=LEVEL, algorithm1=False)
         for m in out["methods"]:
@@ -50,13 +50,17 @@ def check_run(run: Path, n: int) -> dict:
     return row
 
 
-def main() -> int:
-    runs = [p for p in sorted(RUNS.iterdir()) if (p / "samples.csv").exists() and p.name not in SKIP]
-    table = pd.DataFrame([check_run(r, n) for r in runs for n in (100, 500)])
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs_dir", nargs="?", type=Path, default=RUNS, help="run folders with samples.csv and summary.json")
+    p.add_argument("n_resamples", nargs="?", type=int, default=200, help="seeded attacked subsets per run and size")
+    args = p.parse_args(argv)
+    runs = run_folders(p, args.runs_dir, SKIP)
+    table = pd.DataFrame([check_run(r, n, args.n_resamples) for r in runs for n in (100, 500)])
     table = table.rename(columns=lambda c: c.replace("ppi_finite_population", "ppi_fp")
                          .replace("clopper_pearson", "cp"))
     pd.set_option("display.width", 220)
-    print(f"level {LEVEL}, {N_RESAMPLES} resamples; cov = coverage, w = median width; attack cost saved = 1 - n/N")
+    print(f"level {LEVEL}, {args.n_resamples} resamples; cov = coverage, w = median width; attack cost saved = 1 - n/N")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     cov = table[[c for c in table.columns if c.startswith("cov_")]]
     bad = (cov < LEVEL - 0.02).any(axis=1)

@@ -8,11 +8,12 @@ with each score's cost. No model and no cache needed.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
+from run_folders import run_folders  # same folder
 
 from marginbench import cheap_scores
 from marginbench.report.scores import leaderboard_frame, to_markdown, write_leaderboard
@@ -25,10 +26,13 @@ def run_board(run: Path) -> dict:
     return cheap_scores.leaderboard(pd.read_csv(run / "samples.csv"), float(summary["eps"]))
 
 
-def main() -> int:
-    runs_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "results" / "demo" / "runs"
-    out_dir = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "results" / "demo" / "scores"
-    runs = [p for p in sorted(runs_dir.iterdir()) if (p / "samples.csv").exists()]
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs_dir", nargs="?", type=Path, default=REPO / "results" / "demo" / "runs")
+    p.add_argument("out_dir", nargs="?", type=Path, default=REPO / "results" / "demo" / "scores")
+    args = p.parse_args(argv)
+    runs_dir, out_dir = args.runs_dir, args.out_dir
+    runs = run_folders(p, runs_dir)
     boards = {r.name: run_board(r) for r in runs}
     paths = write_leaderboard(boards, out_dir)
     print(to_markdown(leaderboard_frame(boards)))

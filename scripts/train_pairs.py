@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from marginbench import data as D
-from marginbench.models.local import ZOO_DIR, save_local_checkpoint
+from marginbench.models.local import save_local_checkpoint
+from marginbench.models.registry import NUM_CLASSES
+from marginbench.models.sources import ZOO_DIR
 from marginbench.train import TrainConfig, clean_accuracy, fit, pgd_accuracy
 
 MODELS = {"fm_pairs100": "fashion_mnist_pairs", "fm_pairs10": "fashion_mnist_pairs_left"}
@@ -43,7 +45,7 @@ def train_one(code: str, args) -> None:
     dataset = MODELS[code]
     cfg = PairTrainConfig(name=code, dataset="fashion_mnist", arch="pair_cnn", loss=args.loss, epochs=args.epochs,
                           eps="0.1", attack_steps=args.steps, n_train=args.n_train, seed=0,
-                          classes=D.NUM_CLASSES[dataset], num_threads=args.threads).validate()
+                          classes=NUM_CLASSES[dataset], num_threads=args.threads).validate()
     torch.set_num_threads(args.threads)
     x, y = split(dataset, train=True)
     x, y = x[: args.n_train], y[: args.n_train]

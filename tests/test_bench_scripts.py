@@ -92,3 +92,40 @@ def test_bench_oracle_scores_an_estimator_against_the_exact_margins(scripts, tmp
     assert 0 < row["share_within_1pct"] <= 1 and row["mean_overshoot"] >= 0
     samples = pd.read_csv(tmp_path / "oracle_samples.csv")
     assert len(samples) == 120 and (samples["margin[fab:steps=5]"] >= samples["lower_bound"] - 1e-6).all()
+
+
+SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py") if p.name != "run_folders.py")
+
+
+@pytest.mark.slow
+def test_every_script_imports_and_answers_help():
+    """A script that no longer imports (train_pairs.py did, after an API move) fails here;
+    run in parallel, each in its own interpreter, as a user starts them."""
+    import subprocess
+    import sys
+
+    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "scripts" / name), "--help"], cwd=ROOT,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in SCRIPTS}
+    failed = {}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=300)
+        if proc.returncode != 0 or "usage:" not in out:
+            failed[name] = out[-400:]
+    assert not failed, failed
+
+
+@pytest.mark.slow
+def test_train_pairs_writes_loadable_checkpoints(scripts, tmp_path):
+    """The pair-model trainer runs end to end (tiny budget) and writes checkpoints
+    marginbench loads with weights_only, with the class counts of its datasets."""
+    import torch
+    import train_pairs
+
+    from marginbench.models.local import load_local_checkpoint
+
+    assert train_pairs.main(["--n-train", "64", "--epochs", "1", "--steps", "1", "--out", str(tmp_path)]) == 0
+    for code, classes in (("fm_pairs100", 100), ("fm_pairs10", 10)):
+        loaded = load_local_checkpoint(tmp_path / f"{code}.pt", torch.device("cpu"))
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        assert model(torch.rand(2, 1, 28, 56)).shape == (2, classes)
