@@ -14,18 +14,15 @@ Exits 1 if a batch-rule share is below 1 - δ - 2 standard errors of an n_splits
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from run_folders import run_folders  # same folder
+from run_folders import demo_runs_and_count  # same folder
 
 from marginbench import detect, metrics
 
 TARGET, DELTA = 0.95, 0.05
-RUNS = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
-SKIP = frozenset({"fm_mart_pseudo"})  # same model and margins as fm_mart
 
 
 def _eps(run: Path) -> float:
@@ -72,12 +69,7 @@ def check_run(run: Path, n_cal: int, n_splits: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs_dir", nargs="?", type=Path, default=RUNS, help="run folders with samples.csv and summary.json")
-    p.add_argument("n_splits", nargs="?", type=int, default=200, help="random calibration/test splits per run")
-    args = p.parse_args(argv)
-    runs = run_folders(p, args.runs_dir, SKIP)
-    n_splits = args.n_splits
+    runs, n_splits = demo_runs_and_count(__doc__.splitlines()[0], "n_splits", "random calibration/test splits per run", argv)
     table = pd.DataFrame([check_run(r, k, n_splits) for r in runs for k in (200, 500)])
     pd.set_option("display.width", 200)
     print(f"target recall {TARGET}, delta {DELTA}, {n_splits} splits; FPR = median over splits")

@@ -12,19 +12,16 @@ Prints coverage and median width per method; exits 1 if a coverage is below nomi
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from run_folders import run_folders  # same folder
+from run_folders import demo_runs_and_count  # same folder
 
 from marginbench import intervals, metrics
 
 LEVEL = 0.95
-RUNS = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
-SKIP = frozenset({"fm_mart_pseudo"})  # same model and margins as fm_mart
 METHODS = ("ppi_finite_population", "ppi", "clopper_pearson", "wald")
 
 
@@ -51,16 +48,12 @@ def check_run(run: Path, n: int, n_resamples: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs_dir", nargs="?", type=Path, default=RUNS, help="run folders with samples.csv and summary.json")
-    p.add_argument("n_resamples", nargs="?", type=int, default=200, help="seeded attacked subsets per run and size")
-    args = p.parse_args(argv)
-    runs = run_folders(p, args.runs_dir, SKIP)
-    table = pd.DataFrame([check_run(r, n, args.n_resamples) for r in runs for n in (100, 500)])
+    runs, n_resamples = demo_runs_and_count(__doc__.splitlines()[0], "n_resamples", "seeded attacked subsets per run and size", argv)
+    table = pd.DataFrame([check_run(r, n, n_resamples) for r in runs for n in (100, 500)])
     table = table.rename(columns=lambda c: c.replace("ppi_finite_population", "ppi_fp")
                          .replace("clopper_pearson", "cp"))
     pd.set_option("display.width", 220)
-    print(f"level {LEVEL}, {args.n_resamples} resamples; cov = coverage, w = median width; attack cost saved = 1 - n/N")
+    print(f"level {LEVEL}, {n_resamples} resamples; cov = coverage, w = median width; attack cost saved = 1 - n/N")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     cov = table[[c for c in table.columns if c.startswith("cov_")]]
     bad = (cov < LEVEL - 0.02).any(axis=1)
