@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from marginbench.cache import atomic_write_text
 from marginbench.config import AttackConfig, ModelConfig, attack_preset
@@ -59,10 +61,12 @@ def load_attack(spec: str) -> tuple[str, AttackConfig]:
             raw["options"][key[len("options."):]] = parse_value(value)
         else:
             raw[key] = parse_value(value)
-    try:
-        return spec, AttackConfig(**raw)
-    except TypeError as exc:  # a key the attack config does not have
-        raise MarginbenchError(f"estimator {spec!r}: {exc}; see configs/attack/{name}.yaml for its keys") from None
+    try:  # the types `marginbench run` enforces (steps=2.5 would otherwise become 2)
+        OmegaConf.merge(OmegaConf.structured(AttackConfig), raw)
+    except OmegaConfBaseException as exc:
+        reason = str(exc).splitlines()[0]
+        raise MarginbenchError(f"estimator {spec!r}: {reason}; see configs/attack/{name}.yaml for its keys and types") from None
+    return spec, AttackConfig(**raw)
 
 
 def checked_attacks(specs: list[str], norm: str) -> list[tuple[str, AttackConfig]]:

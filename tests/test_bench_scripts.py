@@ -27,10 +27,11 @@ OUT = ["--out", "{tmp}/run/bench.csv"]
 # bench_margins arguments ({tmp}: the test's folder) -> a phrase its one-line error must contain
 BAD_MARGINS_INPUTS = {
     "typo in the last estimator": ([*BASE, "--estimators", "fab", "nosuch", *OUT], "preset 'nosuch' does not exist"),
-    "value of the wrong type": ([*BASE, "--estimators", "fab", "fab:steps=abc", *OUT], "of the type"),
+    "value of the wrong type": ([*BASE, "--estimators", "fab", "fab:steps=abc", *OUT], "could not be converted"),
     "option out of range": ([*BASE, "--estimators", "fab", "fab_polish:options.polish_rounds=-1", *OUT], "polish_rounds"),
     "override without =": ([*BASE, "--estimators", "fab:steps", *OUT], "is not key=value"),
     "unknown key": ([*BASE, "--estimators", "fab:stepz=3", *OUT], "stepz"),
+    "fraction where a count goes": ([*BASE, "--estimators", "fab:steps=2.5", *OUT], "2.5"),
     "--out is a directory": ([*BASE, "--estimators", "fab", "--out", "{tmp}/dir"], "is a directory"),
     "--out under a file": ([*BASE, "--estimators", "fab", "--out", "{tmp}/a_file/b.csv"], "is a file"),
     "missing data file": ([*BASE[:2], "--data", "{tmp}/none.npz", "--estimators", "fab", *OUT], "no such file"),
