@@ -78,7 +78,7 @@ def checked_attacks(specs: list[str], norm: str) -> list[tuple[str, AttackConfig
         label, cfg = load_attack(spec)
         try:
             build_estimator(cfg, norm)
-        except (TypeError, ValueError) as exc:  # e.g. steps=abc reaches int() there
+        except (TypeError, ValueError) as exc:  # a value of the right type the estimator still cannot use
             name = spec.partition(":")[0]
             raise MarginbenchError(f"estimator {spec!r}: {exc}; give each key a value of the type "
                                    f"configs/attack/{name}.yaml has") from None
@@ -231,7 +231,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # every input checked before the model loads: a bad one would otherwise surface after
-    # the first estimators' runs (an hour on the ResNet-18) or at the final write
+    # the first estimators' runs (tens of minutes each on the ResNet-18) or at the final write
     check_counts(n=args.n, batch_size=args.batch_size)
     if args.threads < 0:
         raise MarginbenchError(f"--threads {args.threads}: must be 0 (torch's default) or more")

@@ -54,14 +54,24 @@ def score(margin: np.ndarray, exact: np.ndarray, lower: np.ndarray) -> dict[str,
     }
 
 
+def predictions(oracle: Oracle) -> torch.Tensor:
+    with torch.no_grad():
+        return oracle.model(oracle.images).argmax(1)
+
+
+def checked_oracle(folder: Path) -> Oracle:
+    """An oracle whose network still predicts what its margins.csv was computed for."""
+    oracle = load_oracle(folder)
+    if not np.array_equal(predictions(oracle).numpy(), oracle.table["pred"].to_numpy()):
+        raise MarginbenchError(f"{oracle.name}: the network's predictions differ from margins.csv; "
+                               "regenerate the oracle (scripts/make_oracle.py)")
+    return oracle
+
+
 def bench_net(oracle: Oracle, attacks: list[tuple[str, AttackConfig]], batch: int) -> tuple[list[dict], pd.DataFrame]:
     table = oracle.table
     x = oracle.images
-    with torch.no_grad():
-        pred = oracle.model(x).argmax(1)
-    if not np.array_equal(pred.numpy(), table["pred"].to_numpy()):
-        raise MarginbenchError(f"{oracle.name}: the network's predictions differ from margins.csv; "
-                               "regenerate the oracle (scripts/make_oracle.py)")
+    pred = predictions(oracle)
     known = table["status"].to_numpy() == "exact"
     exact, lower = table["margin"].to_numpy(float), table["lower_bound"].to_numpy(float)
     rows, per_sample = [], table[["index", "label", "pred", "margin", "lower_bound", "status"]].copy()
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     check_counts(batch_size=args.batch_size, threads=args.threads)
     attacks = checked_attacks(args.estimators, "Linf")
     check_out_file("--out", args.out)
-    oracles = [load_oracle(folder) for folder in args.oracle]
+    oracles = [checked_oracle(folder) for folder in args.oracle]
     torch.set_num_threads(args.threads)
     rows, samples = [], []
     for oracle in oracles:

@@ -130,3 +130,22 @@ def test_train_pairs_writes_loadable_checkpoints(scripts, tmp_path):
         loaded = load_local_checkpoint(tmp_path / f"{code}.pt", torch.device("cpu"))
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         assert model(torch.rand(2, 1, 28, 56)).shape == (2, classes)
+
+
+def test_bench_oracle_refuses_a_stale_oracle_before_any_attack(scripts, tmp_path, capsys):
+    """An oracle whose network no longer predicts what its margins were computed for is
+    refused when loaded, not after the other networks' estimators ran."""
+    import shutil
+
+    _, bench_oracle = scripts
+    stale = tmp_path / "cnn_pgd"
+    shutil.copytree(ORACLE / "cnn_pgd", stale)
+    margins = pd.read_csv(stale / "margins.csv")
+    margins.loc[0, "pred"] = (margins.loc[0, "pred"] + 1) % 10
+    margins.to_csv(stale / "margins.csv", index=False)
+    out = tmp_path / "run" / "oracle.csv"
+    status = bench_oracle.run_main(lambda: bench_oracle.main(
+        ["--oracle", str(ORACLE / "mlp_std"), str(stale), "--estimators", "fab", "--out", str(out)]), "bench_oracle")
+    captured = capsys.readouterr()
+    assert status == 2 and "predictions differ from margins.csv" in captured.err
+    assert "[oracle]" not in captured.out and not out.parent.exists()
