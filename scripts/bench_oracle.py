@@ -54,15 +54,13 @@ def score(margin: np.ndarray, exact: np.ndarray, lower: np.ndarray) -> dict[str,
     }
 
 
-def predictions(oracle: Oracle) -> torch.Tensor:
-    with torch.no_grad():
-        return oracle.model(oracle.images).argmax(1)
-
-
 def checked_oracle(folder: Path) -> Oracle:
-    """An oracle whose network still predicts what its margins.csv was computed for."""
+    """An oracle whose network still predicts what its margins.csv was computed for (so its
+    ``pred`` column is the network's prediction, the class every estimator attacks)."""
     oracle = load_oracle(folder)
-    if not np.array_equal(predictions(oracle).numpy(), oracle.table["pred"].to_numpy()):
+    with torch.no_grad():
+        pred = oracle.model(oracle.images).argmax(1)
+    if not np.array_equal(pred.numpy(), oracle.table["pred"].to_numpy()):
         raise MarginbenchError(f"{oracle.name}: the network's predictions differ from margins.csv; "
                                "regenerate the oracle (scripts/make_oracle.py)")
     return oracle
@@ -71,7 +69,7 @@ def checked_oracle(folder: Path) -> Oracle:
 def bench_net(oracle: Oracle, attacks: list[tuple[str, AttackConfig]], batch: int) -> tuple[list[dict], pd.DataFrame]:
     table = oracle.table
     x = oracle.images
-    pred = predictions(oracle)
+    pred = torch.tensor(table["pred"].to_numpy(), dtype=torch.int64)  # equal to the network's, checked_oracle saw to it
     known = table["status"].to_numpy() == "exact"
     exact, lower = table["margin"].to_numpy(float), table["lower_bound"].to_numpy(float)
     rows, per_sample = [], table[["index", "label", "pred", "margin", "lower_bound", "status"]].copy()
