@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from one_line_errors import OneLineParser  # same folder
 
 from marginbench import data, deploy
 from marginbench.adaptive import adaptive_attack
@@ -57,7 +58,7 @@ def one_model(name: str, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser("adaptive_attack", description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--n-samples", type=int, default=1000)
     p.add_argument("--n-calibration", type=int, default=500)

@@ -14,7 +14,6 @@ only worth turning on where the margins stay the same.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import resource
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 from bench_margins import load_attack
+from one_line_errors import OneLineParser  # same folder
 
 from marginbench.margins import MarginBatch, build_estimator
 
@@ -89,7 +89,7 @@ def prepare(args, device):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser("bench_gpu", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--estimators", nargs="+", default=["fab", "fab_polish", "fab_polish_topk"])

@@ -20,13 +20,13 @@ best of ``--repeats`` alternating calls), and says whether the two are bit-ident
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from bench_margins import load_attack, load_data, load_model, run_estimator
+from one_line_errors import OneLineParser  # same folder
 
 from marginbench.margins import build_estimator
 from marginbench.margins.base import AttackSpec
@@ -75,7 +75,7 @@ def time_calls(model: torch.nn.Module, x: torch.Tensor, rows: list[int], repeats
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser("bench_jacobian", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="fm_madry")
     p.add_argument("--data", default="fashion_mnist")
     p.add_argument("--n", type=int, default=100)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from one_line_errors import OneLineParser, run_main  # same folder
 
 from marginbench.cache import atomic_write_text
 from marginbench.config import AttackConfig, ModelConfig, attack_preset
@@ -213,7 +213,7 @@ def summarize(results: dict[str, MarginBatch], fab_key: str | None) -> pd.DataFr
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser("bench_margins", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="aa_resnet18", help="aa_resnet18 | path to a .pt | registry name")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10_test_first100.npz"), help="npz (uint8 NHWC images, labels) or fashion_mnist")
     p.add_argument("--n", type=int, default=100)
@@ -287,15 +287,6 @@ def write_summary(out: Path, args: argparse.Namespace, results: dict[str, Margin
     table.insert(1, "norm", args.norm)
     table.insert(2, "n", n)
     atomic_write_text(out, table.to_csv(index=False))
-
-
-def run_main(main_function, name: str) -> int:
-    """Bad input as one line on stderr and exit status 2, as `marginbench` does."""
-    try:
-        return main_function()
-    except MarginbenchError as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

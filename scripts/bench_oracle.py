@@ -16,7 +16,6 @@ pools the networks. Writes the table to --out and per-sample margins next to it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_margins import check_counts, checked_attacks, run_estimator, run_main  # noqa: E402  (same folder)
+from bench_margins import check_counts, checked_attacks, run_estimator  # noqa: E402  (same folder)
+from one_line_errors import OneLineParser, run_main  # noqa: E402  (same folder)
 
 from marginbench.cache import atomic_write_text  # noqa: E402
 from marginbench.config import AttackConfig  # noqa: E402
@@ -110,7 +110,7 @@ def pooled(rows: list[dict], samples: list[pd.DataFrame], specs: list[str]) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser("bench_oracle", description=__doc__.split("\n")[0])
     p.add_argument("--oracle", nargs="+", type=Path,
                    default=[ROOT / "results" / "oracle" / n for n in ("mlp_std", "cnn_pgd")])
     p.add_argument("--estimators", nargs="+", default=["fab", "fab_polish", "fmn", "apgd_bisect", "fab_targeted", "fab_polish_multistart", "fab_topk_multistart", "fab_polish_multistart_all"])

@@ -69,7 +69,7 @@ def check_run(run: Path, n_cal: int, n_splits: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    runs, n_splits = demo_runs_and_count(__doc__.splitlines()[0], "n_splits", "random calibration/test splits per run", argv)
+    runs, n_splits = demo_runs_and_count("check_detector_calibration", __doc__.splitlines()[0], "n_splits", "random calibration/test splits per run", argv)
     table = pd.DataFrame([check_run(r, k, n_splits) for r in runs for k in (200, 500)])
     pd.set_option("display.width", 200)
     print(f"target recall {TARGET}, delta {DELTA}, {n_splits} splits; FPR = median over splits")

@@ -48,7 +48,7 @@ def check_run(run: Path, n: int, n_resamples: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    runs, n_resamples = demo_runs_and_count(__doc__.splitlines()[0], "n_resamples", "seeded attacked subsets per run and size", argv)
+    runs, n_resamples = demo_runs_and_count("check_intervals", __doc__.splitlines()[0], "n_resamples", "seeded attacked subsets per run and size", argv)
     table = pd.DataFrame([check_run(r, n, n_resamples) for r in runs for n in (100, 500)])
     table = table.rename(columns=lambda c: c.replace("ppi_finite_population", "ppi_fp")
                          .replace("clopper_pearson", "cp"))

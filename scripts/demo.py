@@ -9,12 +9,13 @@ demo Table 1/Table 2, the figures and a summary under results/demo/. Everything 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
+
+from one_line_errors import OneLineParser  # same folder
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_MODELS = ["fm_standard", "fm_madry", "fm_trades", "fm_mart", "fm_alp", "fm_clp"]
@@ -22,7 +23,7 @@ DEMO_ATTACK = "fab_polish_escalate"  # see main(): the default without its multi
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser("demo", description=__doc__.splitlines()[0])
     parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "demo")
     parser.add_argument("--cache-dir", default=os.environ.get("MARGINBENCH_CACHE", str(REPO / ".cache" / "marginbench")))

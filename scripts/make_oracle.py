@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import yaml
+from one_line_errors import OneLineParser  # same folder
 
 from marginbench.margins import build_estimator
 from marginbench.margins.base import AttackSpec, Estimator, MarginBatch
@@ -176,7 +177,7 @@ runs every L-inf estimator against these margins; `tests/test_exact.py` re-check
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser("make_oracle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--n", type=int, default=120, help="first n test images per net")
     parser.add_argument("--time-limit", type=float, default=60.0, help="MILP seconds per sample (exact.yaml: 60)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from one_line_errors import OneLineParser  # same folder
+
 DEMO_RUNS = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
 SAME_MARGINS_AS_ANOTHER = frozenset({"fm_mart_pseudo"})  # same model and margins as fm_mart
 
@@ -19,9 +21,10 @@ def run_folders(parser: argparse.ArgumentParser, runs_dir: Path, skip: frozenset
     return runs
 
 
-def demo_runs_and_count(description: str, count: str, count_help: str, argv: list[str] | None) -> tuple[list[Path], int]:
-    """``[runs_dir [count]]`` of the demo checks: their runs (one per model) and repetitions."""
-    parser = argparse.ArgumentParser(description=description)
+def demo_runs_and_count(script: str, description: str, count: str, count_help: str,
+                        argv: list[str] | None) -> tuple[list[Path], int]:
+    """``[runs_dir [count]]`` of the demo check ``script``: its runs (one per model) and repetitions."""
+    parser = OneLineParser(script, description=description)
     parser.add_argument("runs_dir", nargs="?", type=Path, default=DEMO_RUNS, help="run folders with samples.csv and summary.json")
     parser.add_argument(count, nargs="?", type=int, default=200, help=count_help)
     args = parser.parse_args(argv)

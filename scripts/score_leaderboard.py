@@ -8,11 +8,11 @@ with each score's cost. No model and no cache needed.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
+from one_line_errors import OneLineParser  # same folder
 from run_folders import run_folders  # same folder
 
 from marginbench import cheap_scores
@@ -27,7 +27,7 @@ def run_board(run: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser("score_leaderboard", description=__doc__.splitlines()[0])
     p.add_argument("runs_dir", nargs="?", type=Path, default=REPO / "results" / "demo" / "runs")
     p.add_argument("out_dir", nargs="?", type=Path, default=REPO / "results" / "demo" / "scores")
     args = p.parse_args(argv)

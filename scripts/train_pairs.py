@@ -11,12 +11,12 @@ number of classes; the checkpoint records the pair dataset.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from one_line_errors import OneLineParser  # same folder
 
 from marginbench import data as D
 from marginbench.models.local import save_local_checkpoint
@@ -67,7 +67,7 @@ def train_one(code: str, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = OneLineParser("train_pairs", description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="*", default=list(MODELS))
     p.add_argument("--n-train", type=int, default=20000)
     p.add_argument("--epochs", type=int, default=2)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from one_line_errors import OneLineParser  # same folder
 
 from marginbench.models.local import read_checkpoint_meta
 from marginbench.models.sources import ZOO_DIR
@@ -53,7 +54,7 @@ def _write_json(path: Path, value: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser("train_zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help=f"models to train (default: all of {', '.join(ZOO)})")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")

@@ -95,24 +95,56 @@ def test_bench_oracle_scores_an_estimator_against_the_exact_margins(scripts, tmp
     assert len(samples) == 120 and (samples["margin[fab:steps=5]"] >= samples["lower_bound"] - 1e-6).all()
 
 
-SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py") if p.name != "run_folders.py")
+SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py") if p.name not in ("run_folders.py", "one_line_errors.py"))
+
+
+@pytest.mark.parametrize("script,argv,phrase", [
+    ("bench_margins", ["--n", "abc"], "argument --n: invalid int value: 'abc'"),
+    ("bench_margins", ["--norm", "L3"], "argument --norm: invalid choice: 'L3'"),
+    ("bench_oracle", ["--batch-size", "many"], "argument --batch-size: invalid int value: 'many'"),
+    ("bench_oracle", ["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ("check_intervals", [str(ROOT), "lots"], "argument n_resamples: invalid int value: 'lots'"),
+    ("check_detector_calibration", ["{tmp}"], "no runs with samples.csv under"),
+    ("score_leaderboard", ["{tmp}", "{tmp}/out", "extra"], "unrecognized arguments: extra"),
+])
+def test_usage_errors_are_one_line(scripts, monkeypatch, tmp_path, capsys, script, argv, phrase):
+    """argparse's own errors (a word where a number goes, an unknown flag) leave like the
+    scripts' other errors: one line naming the script and pointing at --help, exit 2."""
+    import importlib
+
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as stopped:
+        module.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and phrase in lines[0], lines
+    assert lines[0].endswith(f"see `python scripts/{script}.py --help`")
 
 
 @pytest.mark.slow
-def test_every_script_imports_and_answers_help():
-    """A script that no longer imports (train_pairs.py did, after an API move) fails here;
-    run in parallel, each in its own interpreter, as a user starts them."""
+def test_every_script_imports_answers_help_and_refuses_a_typo_in_one_line():
+    """A script that no longer imports (train_pairs.py did, after an API move) fails here,
+    and so does one whose unknown flag prints argparse's usage block; run in parallel,
+    each in its own interpreter, as a user starts them."""
     import subprocess
     import sys
 
-    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "scripts" / name), "--help"], cwd=ROOT,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for name in SCRIPTS}
+    def start(name: str, flag: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(ROOT / "scripts" / name), flag], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    helps = {name: start(name, "--help") for name in SCRIPTS}
+    typos = {name: start(name, "--no-such-flag") for name in SCRIPTS}
     failed = {}
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=300)
+    for name, proc in helps.items():
+        out, err = proc.communicate(timeout=300)
         if proc.returncode != 0 or "usage:" not in out:
-            failed[name] = out[-400:]
+            failed[name] = (out + err)[-400:]
+    for name, proc in typos.items():  # one line, exit 2, from each script's own interpreter
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode != 2 or err.strip().splitlines() != [
+                f"{name[:-3]}: error: unrecognized arguments: --no-such-flag; see `python scripts/{name} --help`"]:
+            failed[f"{name} --no-such-flag"] = (out + err)[-400:]
     assert not failed, failed
 
 
