@@ -78,7 +78,6 @@ def _pgd_in_ball(model: nn.Module, xs: Tensor, ys: Tensor, start: Tensor, radius
     step of a quarter of the radius halved every step. Only the rows still searching go
     through the model (the others are done), so a round costs what it needs.
     """
-    view = (-1,) + (1,) * (xs.ndim - 1)
     out = start.clone()
     found = torch.zeros(xs.shape[0], dtype=torch.bool, device=xs.device)
     z = (xs + _project(start - xs, radius, norm)).clamp_(0.0, 1.0)
@@ -97,15 +96,21 @@ def _pgd_in_ball(model: nn.Module, xs: Tensor, ys: Tensor, start: Tensor, radius
         if grad is None or not bool(keep.any()):
             break
         live, z, grad = live[keep], z[keep], grad[keep]
-        r = radius[live]
-        # step size: a quarter of the radius, halved every step
-        alpha = (r * 0.25 * 0.5 ** s).view(view)
-        if norm == "Linf":
-            z = z + alpha * grad.sign()
-        else:
-            z = z + alpha * grad / grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12).view(view)
-        z = (xs[live] + _project(z - xs[live], r, norm)).clamp_(0.0, 1.0)
+        z = _step_in_ball(z, grad, xs[live], radius[live], s, norm)
     return out, found
+
+
+def _step_in_ball(z: Tensor, grad: Tensor, xs: Tensor, radius: Tensor, step: int, norm: str) -> Tensor:
+    """Step ``step`` (from 0) of the in-ball PGD: up the gradient (its sign for L-inf, its
+    direction for L2) by a quarter of the radius halved every step, then back into the
+    ball around ``xs`` and the [0, 1] box."""
+    view = (-1,) + (1,) * (xs.ndim - 1)
+    alpha = (radius * 0.25 * 0.5 ** step).view(view)
+    if norm == "Linf":
+        z = z + alpha * grad.sign()
+    else:
+        z = z + alpha * grad / grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12).view(view)
+    return (xs + _project(z - xs, radius, norm)).clamp_(0.0, 1.0)
 
 
 def _adversarial_rows(model: nn.Module, x: Tensor, x_adv: Tensor, y_pred: Tensor, norm: str,
