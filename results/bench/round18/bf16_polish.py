@@ -11,19 +11,13 @@ says so, and only rows whose bfloat16 runner-up gap is above -GATE (relative to 
 largest logit) pay for that check. Margins stay verified upper bounds.
 """
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
+import probe
 import torch
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]
-import bench_margins as bm  # noqa: E402
-
-import marginbench.margins.refine as refine  # noqa: E402
-from marginbench.margins import build_estimator  # noqa: E402
-from marginbench.margins.counting import charged_to  # noqa: E402
+import marginbench.margins.refine as refine
+from marginbench.margins.counting import charged_to
 
 GATE = 0.02  # bfloat16 logits here are within 0.5 % of float32 (bf16_speed.txt)
 FLOAT32_PGD_IN_BALL = refine._pgd_in_ball
@@ -31,7 +25,6 @@ FLOAT32_PGD_IN_BALL = refine._pgd_in_ball
 
 def bf16_pgd_in_ball(model, xs, ys, start, radius, norm, steps):
     """refine._pgd_in_ball with bfloat16 passes; same step rule, float32-verified successes."""
-    view = (-1,) + (1,) * (xs.ndim - 1)
     out = start.clone()
     found = torch.zeros(xs.shape[0], dtype=torch.bool, device=xs.device)
     z = (xs + refine._project(start - xs, radius, norm)).clamp_(0.0, 1.0)
@@ -57,31 +50,18 @@ def bf16_pgd_in_ball(model, xs, ys, start, radius, norm, steps):
         if grad is None or not bool(keep.any()):
             break
         live, z, grad = live[keep], z[keep], grad[keep]
-        r = radius[live]
-        alpha = (r * 0.25 * 0.5 ** s).view(view)
-        if norm == "Linf":
-            z = z + alpha * grad.sign()
-        else:
-            z = z + alpha * grad / grad.flatten(1).norm(p=2, dim=1).clamp_min(1e-12).view(view)
-        z = (xs[live] + refine._project(z - xs[live], r, norm)).clamp_(0.0, 1.0)
+        z = refine._step_in_ball(z, grad, xs[live], radius[live], s, norm)
     return out, found
 
 
 def timed(spec, model, x, y_pred, polish):
     refine._pgd_in_ball = polish
-    _, cfg = bm.load_attack(spec)
-    start = time.time()
-    margin = bm.run_estimator(build_estimator(cfg, "Linf"), model, x, y_pred, 100).margin
-    return time.time() - start, margin
+    return probe.run_preset(spec, model, x, y_pred)
 
 
 def main() -> None:
-    torch.set_num_threads(1)
     model_name, data, n, specs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-    model = bm.load_model(model_name, torch.device("cpu"))
-    x, _ = bm.load_data(data, n)
-    with torch.no_grad():
-        y_pred = model(x).argmax(1)
+    model, x, y_pred = probe.model_images_predictions(model_name, data, n)
     fab_s, fab_m = timed("fab", model, x, y_pred, FLOAT32_PGD_IN_BALL)
     print(f"{'fab':28s} {'-':5s} wall {fab_s:7.2f}", flush=True)
     for spec in specs:

@@ -9,13 +9,9 @@ margin are from float32's.
 """
 import sys
 import time
-from pathlib import Path
 
+import probe
 import torch
-
-ROOT = Path(__file__).resolve().parents[3]
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]
-import bench_margins as bm  # noqa: E402
 
 REPEATS = 30
 
@@ -45,13 +41,10 @@ def input_gradient(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bf1
 
 
 def main() -> None:
-    torch.set_num_threads(1)
     model_name, data = sys.argv[1], sys.argv[2]
-    model = bm.load_model(model_name, torch.device("cpu"))
+    model, x_all, y_all = probe.model_images_predictions(model_name, data, 256)
     for p in model.parameters():
         p.requires_grad_(False)
-    x_all, _ = bm.load_data(data, 256)
-    y_all = forward(model, x_all, False).argmax(1)
     print(f"{model_name} on {data}, one thread, torch {torch.__version__}")
     print(f"{'rows':>5s} {'fwd fp32':>9s} {'fwd bf16':>9s} {'speed-up':>8s} "
           f"{'f+b fp32':>9s} {'f+b bf16':>9s} {'speed-up':>8s} {'sign agree':>10s} {'gap err':>8s}")
