@@ -4,8 +4,9 @@ converged (rho < rho0) while it is still behind its sample's best" could skip. T
 upper bound on any such rule's saving, since it counts the failure rounds of every candidate,
 winners included.
 
-Counts model rows (one row = one sample through the model once) inside refine._pgd_in_ball,
-by where the call comes from (a multi-start candidate's polish, or the base estimator's) and,
+Counts model rows (one row = one sample through the model once), forward and backward
+(module hooks on the model), by where the call comes from (a multi-start candidate, inside
+its polish refine._pgd_in_ball or not; the rest) and,
 for rows whose round failed (they run every PGD step), by the round's rho,
 rho = 1 - radius / ||start - x||_inf, which refine.shrink sets to r (1 - rho).
 
@@ -36,10 +37,12 @@ def main() -> None:
     model_name, data, n, spec = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     model, x, y_pred = probe.model_images_predictions(model_name, data, n)
     forward_rows = collections.Counter()  # where -> model rows
+    backward_rows = collections.Counter()  # where -> rows of backward passes through the model
     failed_rows = collections.Counter()   # (where, rho bucket) -> forward rows of failed rows
     failed_bwd = collections.Counter()    # (where, rho bucket) -> backward rows of failed rows
     where = ["other"]
     model.register_forward_pre_hook(lambda _m, inp: forward_rows.update({where[0]: inp[0].shape[0]}))
+    model.register_full_backward_pre_hook(lambda _m, grad_out: backward_rows.update({where[0]: grad_out[0].shape[0]}))
 
     plain_candidate, plain_pgd_in_ball = multistart._candidate, refine._pgd_in_ball
 
@@ -66,17 +69,19 @@ def main() -> None:
 
     multistart._candidate, refine._pgd_in_ball = marked_candidate, counted_pgd_in_ball
     wall, margin = probe.run_preset(spec, model, x, y_pred)
-    total = sum(forward_rows.values())
+    total, total_bwd = sum(forward_rows.values()), sum(backward_rows.values())
     print(f"{spec} on {n} {model_name} images: {wall:.1f} s, {int(np.isfinite(margin).sum())} broken")
-    print(f"model rows (forward), all: {total}")
+    print(f"model rows, all: forward {total}, backward {total_bwd}")
     for key, rows in sorted(forward_rows.items()):
-        print(f"  {key:18s} {rows:8d}  {rows / total:6.1%}")
-    print("failed polish rounds (every PGD step run), by rho: forward rows / backward rows, share of all forward rows")
+        print(f"  {key:18s} {rows:8d}  {rows / total:6.1%}   backward {backward_rows[key]:8d}  {backward_rows[key] / total_bwd:6.1%}")
+    print("failed polish rounds (every PGD step run), by rho: forward rows, backward rows, their shares of all forward / backward rows")
     for (source, edge), rows in sorted(failed_rows.items()):
-        print(f"  {source:18s} rho < {edge:<7g} {rows:8d} {failed_bwd[(source, edge)]:8d}  {rows / total:6.1%}")
+        bwd = failed_bwd[(source, edge)]
+        print(f"  {source:18s} rho < {edge:<7g} {rows:8d} {bwd:8d}  {rows / total:6.1%} {bwd / total_bwd:6.1%}")
     for below in (0.01, 0.04, float("inf")):
-        rows = sum(rows for (source, edge), rows in failed_rows.items() if source == "candidate polish" and edge <= below)
-        print(f"candidate failure rounds at rho < {below:g}: {rows / total:.1%} of all forward rows")
+        keys = [key for key in failed_rows if key[0] == "candidate polish" and key[1] <= below]
+        rows, bwd = sum(failed_rows[key] for key in keys), sum(failed_bwd[key] for key in keys)
+        print(f"candidate failure rounds at rho < {below:g}: {rows / total:.1%} of all forward rows, {bwd / total_bwd:.1%} of all backward rows")
 
 
 if __name__ == "__main__":
