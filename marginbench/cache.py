@@ -273,7 +273,20 @@ class ArtifactStore:
     # -- finished batches of a stage in progress -------------------------------------------
 
     def save_part(self, stage: str, key: str, start: int, stop: int, arrays: Mapping[str, np.ndarray]) -> None:
-        atomic_save_npz(self.parts_dir(stage, key) / f"part-{start:08d}-{stop:08d}.npz", arrays)
+        """One finished batch of a stage in progress. Skipped once the whole artifact exists:
+        a concurrent run of the same key that assembled it (``put``) removes the parts
+        directory, possibly while this write is under way, and no part is needed after it."""
+        if self.finished(stage, key):
+            return
+        try:
+            atomic_save_npz(self.parts_dir(stage, key) / f"part-{start:08d}-{stop:08d}.npz", arrays)
+        except FileNotFoundError:
+            if not self.finished(stage, key):
+                raise
+
+    def finished(self, stage: str, key: str) -> bool:
+        """The artifact has been put (its meta.json, written last, is in place)."""
+        return (self.path(stage, key) / META_FILE).is_file()
 
     def load_parts(
         self, stage: str, key: str, check: Callable[[dict[str, np.ndarray]], str | None] | None = None

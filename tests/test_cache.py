@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
+import marginbench.cache as cache_module
 from marginbench.cache import ArtifactStore, artifact_key, atomic_save_npz
 
 
@@ -74,3 +76,40 @@ def test_parts_roundtrip_and_unreadable_part_is_dropped(tmp_path):
     _put(store, "k", np.arange(2))
     store.put("margins", "k", {"arrays.npz": lambda p: atomic_save_npz(p, {"v": np.arange(2)})}, {})
     assert not store.parts_dir("margins", "k").exists()
+
+
+def _put_margins(store: ArtifactStore, key: str) -> None:
+    store.put("margins", key, {"arrays.npz": lambda p: atomic_save_npz(p, {"v": np.arange(2)})}, {})
+
+
+def test_part_written_while_a_concurrent_run_assembles_the_artifact_is_dropped(tmp_path, monkeypatch):
+    # CI round 19 (test_concurrent_identical_runs_share_one_cache, 3 copies): one run's put
+    # removed the parts directory between another run's temp file and its rename, and that
+    # run died with FileNotFoundError although the finished artifact was already there.
+    store = ArtifactStore(tmp_path)
+    store.save_part("margins", "k", 0, 2, {"position": np.array([0, 1])})
+    real_replace = cache_module.os.replace
+
+    def concurrent_put_first(src, dst):
+        if str(dst).endswith("part-00000002-00000004.npz"):
+            _put_margins(store, "k")  # removes the parts directory, our temp file with it
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cache_module.os, "replace", concurrent_put_first)
+    store.save_part("margins", "k", 2, 4, {"position": np.array([2, 3])})  # no error: superseded
+    monkeypatch.setattr(cache_module.os, "replace", real_replace)
+    assert store.get("margins", "k") is not None
+    assert not store.parts_dir("margins", "k").exists()
+    store.save_part("margins", "k", 4, 6, {"position": np.array([4, 5])})  # after it: not written
+    assert not store.parts_dir("margins", "k").exists()
+
+
+def test_part_write_failing_without_a_finished_artifact_still_raises(tmp_path, monkeypatch):
+    store = ArtifactStore(tmp_path)
+
+    def vanish(src, dst):
+        raise FileNotFoundError(src)
+
+    monkeypatch.setattr(cache_module.os, "replace", vanish)
+    with pytest.raises(FileNotFoundError):
+        store.save_part("margins", "k", 0, 2, {"position": np.array([0, 1])})
