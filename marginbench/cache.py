@@ -242,12 +242,12 @@ class ArtifactStore:
             (tmp / META_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
             # A concurrent run of the same key may have finished first: keep its intact copy
             # (another process may be reading it right now) and drop ours.
-            if final.exists() and not ((final / META_FILE).is_file() and self.intact(final)):
+            if final.exists() and not (self.finished(stage, key) and self.intact(final)):
                 shutil.rmtree(final, ignore_errors=True)
             try:
                 os.replace(tmp, final)
             except OSError:
-                if not (final / META_FILE).is_file():
+                if not self.finished(stage, key):
                     raise
         finally:
             if tmp.exists():

@@ -20,8 +20,8 @@ def test_key_depends_on_params_and_inputs_but_not_on_order():
     assert a != artifact_key("margins", 1, {"name": "fab", "steps": 100}, {"model": "m2", "data": "d"})
 
 
-def _put(store: ArtifactStore, key: str, values: np.ndarray) -> None:
-    store.put("stage", key, {"arrays.npz": lambda p: atomic_save_npz(p, {"v": values})}, {"note": "x"})
+def _put(store: ArtifactStore, key: str, values: np.ndarray, stage: str = "stage") -> None:
+    store.put(stage, key, {"arrays.npz": lambda p: atomic_save_npz(p, {"v": values})}, {"note": "x"})
 
 
 def test_put_get_roundtrip_records_meta(tmp_path):
@@ -74,12 +74,8 @@ def test_parts_roundtrip_and_unreadable_part_is_dropped(tmp_path):
     assert not (store.parts_dir("margins", "k") / "part-00000004-00000006.npz").exists()
     # completing the artifact removes the parts
     _put(store, "k", np.arange(2))
-    store.put("margins", "k", {"arrays.npz": lambda p: atomic_save_npz(p, {"v": np.arange(2)})}, {})
+    _put(store, "k", np.arange(2), stage="margins")
     assert not store.parts_dir("margins", "k").exists()
-
-
-def _put_margins(store: ArtifactStore, key: str) -> None:
-    store.put("margins", key, {"arrays.npz": lambda p: atomic_save_npz(p, {"v": np.arange(2)})}, {})
 
 
 def test_part_written_while_a_concurrent_run_assembles_the_artifact_is_dropped(tmp_path, monkeypatch):
@@ -92,7 +88,7 @@ def test_part_written_while_a_concurrent_run_assembles_the_artifact_is_dropped(t
 
     def concurrent_put_first(src, dst):
         if str(dst).endswith("part-00000002-00000004.npz"):
-            _put_margins(store, "k")  # removes the parts directory, our temp file with it
+            _put(store, "k", np.arange(2), stage="margins")  # removes the parts directory, our temp file with it
         real_replace(src, dst)
 
     monkeypatch.setattr(cache_module.os, "replace", concurrent_put_first)
