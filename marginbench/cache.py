@@ -175,7 +175,10 @@ class ArtifactStore:
         return self.root / stage / f"{key}.parts"
 
     def get(self, stage: str, key: str, verify: bool = True) -> Artifact | None:
-        """The complete artifact, or None. A corrupt one is removed so it gets rebuilt."""
+        """The complete artifact, or None. A corrupt one is removed so it gets rebuilt.
+        Parts left beside a complete artifact are removed: a concurrent run of the same key
+        can write its last part just after another run's ``put`` cleared them, and nothing
+        reads parts once the artifact exists."""
         path = self.path(stage, key)
         meta_path = path / META_FILE
         if not meta_path.is_file():
@@ -186,6 +189,7 @@ class ArtifactStore:
             print(f"marginbench: cached {stage}/{key} is corrupt; recomputing it", file=sys.stderr)
             shutil.rmtree(path, ignore_errors=True)
             return None
+        shutil.rmtree(self.parts_dir(stage, key), ignore_errors=True)
         return Artifact(stage, key, path)
 
     @staticmethod

@@ -100,6 +100,18 @@ def test_part_written_while_a_concurrent_run_assembles_the_artifact_is_dropped(t
     assert not store.parts_dir("margins", "k").exists()
 
 
+def test_parts_written_after_the_artifact_was_assembled_are_removed_by_get(tmp_path):
+    # The narrow window save_part's check leaves: a run checks finished() just before a
+    # concurrent put completes and writes its part just after it. The part re-creates the
+    # parts directory beside the finished artifact; the next get clears it.
+    store = ArtifactStore(tmp_path)
+    _put(store, "k", np.arange(2), stage="margins")
+    atomic_save_npz(store.parts_dir("margins", "k") / "part-00000000-00000002.npz", {"position": np.array([0, 1])})
+    assert store.get("margins", "k") is not None
+    assert not store.parts_dir("margins", "k").exists()
+    assert store.get("margins", "missing") is None  # no artifact: nothing to clear, no error
+
+
 def test_part_write_failing_without_a_finished_artifact_still_raises(tmp_path, monkeypatch):
     store = ArtifactStore(tmp_path)
 
