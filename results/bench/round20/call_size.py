@@ -43,9 +43,8 @@ def best_ms(call, repeats: int = REPEATS) -> float:
 
 def cost_per_call(model: torch.nn.Module, x: torch.Tensor) -> dict[int, tuple[float, float, float]]:
     """rows -> (forward ms without gradient, forward ms recording the graph, backward ms).
-    The graph-recording forward is timed on its own because it runs other kernels than the
-    no-grad one (round 18's 256-row forward: 22 ms; this machine's no-grad one spikes there),
-    so backward = (forward + backward) - graph-recording forward."""
+    The graph-recording forward is timed on its own so that the backward column is
+    (forward + backward) minus the forward that recorded its graph, not the no-grad one."""
     table = {}
     for rows in SIZES:
         batch = x[torch.arange(rows) % x.shape[0]].clone()
@@ -63,12 +62,6 @@ def cost_per_call(model: torch.nn.Module, x: torch.Tensor) -> dict[int, tuple[fl
         graph = best_ms(forward_graph)
         table[rows] = (best_ms(forward), graph, max(best_ms(forward_backward) - graph, 0.0))
     return table
-
-
-def interpolate(table: dict[int, tuple[float, float]], column: int, rows: np.ndarray) -> np.ndarray:
-    sizes = np.array(sorted(table), dtype=float)
-    values = np.array([table[s][column] for s in sorted(table)])
-    return np.interp(rows, sizes, values)  # beyond 256 rows: flat, never asked here (batches of 100)
 
 
 class InRunClock:
@@ -159,10 +152,11 @@ def main() -> None:
             f"{1e6 * clock.forward_s / fwd_rows:.0f}", f"{1e6 * clock.backward_s / bwd_rows:.0f}",
         ]) + "   fwd calls by rows 0-63/64-127/128-191/192+: " + "/".join(str(sizes.get(b, 0)) for b in range(4)))
     if len(specs) == 2:
-        (base_wall, base_hooked, base, _, _), (wall, hooked, clock, fwd_rows, bwd_rows) = results[specs[0]], results[specs[1]]
+        (base_wall, base_hooked, base, base_fwd_rows, base_bwd_rows) = results[specs[0]]
+        (wall, hooked, clock, fwd_rows, bwd_rows) = results[specs[1]]
         # Packing the calls as full as the base's (100-row batches, every call full) at best
         # gives the base's in-run cost per row; the time outside the model stays as it is.
-        at_base_prices = fwd_rows * base.forward_s / results[specs[0]][3] + bwd_rows * base.backward_s / results[specs[0]][4]
+        at_base_prices = fwd_rows * base.forward_s / base_fwd_rows + bwd_rows * base.backward_s / base_bwd_rows
         in_model = clock.forward_s + clock.backward_s
         print(f"\n{specs[1]} / {specs[0]}: wall {wall / base_wall:.2f}x without hooks, {hooked / base_hooked:.2f}x hooked. "
               f"Its model time at {specs[0]}'s in-run cost per row: {at_base_prices:.1f} s instead of {in_model:.1f} s "
